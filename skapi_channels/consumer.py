@@ -1,0 +1,238 @@
+"""The realtime WebSocket consumer: PROTOCOL.md sections 2-6 and 10.
+
+Parsing and validation live in ``protocol.py``, database work in ``presence.py``;
+this class keeps the connection's state and dispatches. Channel-layer events are
+the app's own types (``skapi.frame``, ``skapi.close``), carrying server frames
+already encoded, so a broadcast is encoded once, not once per receiver.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any
+
+from channels.consumer import AsyncConsumer, get_handler_name
+from channels.exceptions import StopConsumer
+
+from skapi_channels import presence
+from skapi_channels.addressing import group_address, user_address
+from skapi_channels.conf import conf
+from skapi_channels.handshake import authenticate, origin_allowed
+from skapi_channels.limits import TokenBucket
+from skapi_channels.protocol import (
+    INVALID_PARAMETER,
+    INVALID_REQUEST,
+    RATE_LIMITED,
+    TOO_LARGE,
+    USER_DISCONNECTED,
+    USER_JOINED,
+    USER_LEFT,
+    Frame,
+    FrameError,
+    ack_frame,
+    error_frame,
+    id_of_unparsed,
+    message_frame,
+    not_joined_sentence,
+    notice_frame,
+    parse_frame,
+    private_frame,
+    utf8_length_over,
+)
+from skapi_channels.runtime import runtime
+
+logger = logging.getLogger("skapi_channels")
+
+# Close codes.
+CLOSE_FLOODING = 4008
+CLOSE_SERVER_RESTART = 1012
+
+# Oversized frames are still read for their id up to this size.
+ID_SCAN_LIMIT = 1024 * 1024
+
+
+class RealtimeConsumer(AsyncConsumer):
+    cid: str | None = None
+    user_id: str = ""
+    group: str | None = None
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels' dispatch closes stale database connections before every event,
+        # a thread hop per delivered message. All database work here runs through
+        # database_sync_to_async, which does that itself, so it is skipped.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']!r}")
+        await handler(message)
+
+    # Connection lifecycle.
+
+    async def websocket_connect(self, message: dict[str, Any]) -> None:
+        if conf.CHECK_ORIGIN and not origin_allowed(self.scope):
+            return await self.refuse()
+        user = await authenticate(self.scope)
+        if user is None:
+            return await self.refuse()
+        user_id = conf.USER_ID_FUNCTION(user)
+        await runtime.ensure_started()
+        cid = secrets.token_urlsafe(16)
+        opened = await presence.aopen_connection(
+            cid, self.channel_name, user_id, runtime.id, conf.MAX_CONNECTIONS_PER_USER
+        )
+        if not opened:
+            return await self.refuse()
+        self.cid, self.user_id = cid, user_id
+        self.bucket = TokenBucket(conf.RATE_PER_SECOND, conf.RATE_BURST)
+        self.strikes = 0
+        await self.channel_layer.group_add(user_address(user_id), self.channel_name)
+        runtime.connections.add(self)
+        runtime.counters["connections_opened"] += 1
+        await self.base_send({"type": "websocket.accept"})
+
+    async def refuse(self) -> None:
+        """Refuse a handshake: the server answers it with HTTP 403."""
+        await self.base_send({"type": "websocket.close"})
+
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        if self.cid is not None:
+            runtime.connections.discard(self)
+            await self.channel_layer.group_discard(user_address(self.user_id), self.channel_name)
+            if self.group is not None:
+                await self.channel_layer.group_discard(
+                    group_address(self.group), self.channel_name
+                )
+            departure = await presence.aclose_connection(self.cid)
+            if departure is not None and departure.group_name is not None:
+                await self.notify(USER_DISCONNECTED, departure.group_name)
+            self.cid = None
+        raise StopConsumer()
+
+    async def close_from_server(self, code: int) -> None:
+        await self.base_send({"type": "websocket.close", "code": code})
+
+    # Client frames.
+
+    async def websocket_receive(self, message: dict[str, Any]) -> None:
+        text = message.get("text")
+        if not self.bucket.take():
+            self.strikes += 1
+            frame_id = id_of_unparsed(text) if text and len(text) <= ID_SCAN_LIMIT else None
+            await self.send_error(
+                RATE_LIMITED,
+                f"Too many frames: at most {conf.RATE_PER_SECOND:g} a second, "
+                f"bursts of {conf.RATE_BURST}.",
+                frame_id,
+            )
+            if self.strikes >= conf.FLOOD_CLOSE_AFTER:
+                await self.close_from_server(CLOSE_FLOODING)
+            return
+        self.strikes = 0
+        if text is None:
+            return await self.send_error(
+                INVALID_REQUEST, "Binary frames are not accepted; send JSON text frames."
+            )
+        if utf8_length_over(text, conf.MAX_FRAME_BYTES):
+            frame_id = id_of_unparsed(text) if len(text) <= ID_SCAN_LIMIT else None
+            return await self.send_error(
+                TOO_LARGE, f"Frame is larger than {conf.MAX_FRAME_BYTES} bytes.", frame_id
+            )
+        try:
+            frame = parse_frame(text, conf.MAX_GROUP_NAME_LENGTH)
+            await self.ACTIONS[frame.action](self, frame)
+        except FrameError as error:
+            await self.send_error(error.code, error.message, error.frame_id)
+
+    async def send_message(self, frame: Frame) -> None:
+        uid = frame.target or ""
+        if not presence.user_known(uid) and not await presence.auser_exists(
+            uid, conf.USER_LOOKUP_FUNCTION, conf.USER_CACHE_SECONDS
+        ):
+            raise FrameError(INVALID_REQUEST, not_joined_sentence(uid), frame.id)
+        text = self.encode(private_frame, frame, self.user_id, self.cid)
+        await self.channel_layer.group_send(
+            user_address(uid), {"type": "skapi.frame", "text": text, "uid": uid}
+        )
+        runtime.counters["private_messages"] += 1
+        await self.ack(frame)
+
+    async def broadcast(self, frame: Frame) -> None:
+        rid = frame.target or ""
+        if rid != self.group:
+            raise FrameError(INVALID_REQUEST, not_joined_sentence(rid), frame.id)
+        text = self.encode(message_frame, frame, self.user_id, self.cid, rid)
+        await self.channel_layer.group_send(
+            group_address(rid), {"type": "skapi.frame", "text": text, "rid": rid}
+        )
+        runtime.counters["group_messages"] += 1
+        await self.ack(frame)
+
+    async def join_room(self, frame: Frame) -> None:
+        old, new = self.group, frame.target
+        if new != old:
+            moved = await presence.amove_connection(self.cid, self.user_id, old, new)
+            if not moved:
+                # The row is gone: this process was taken for dead and reaped.
+                return await self.close_from_server(CLOSE_SERVER_RESTART)
+            self.group = new
+            if old is not None:
+                await self.channel_layer.group_discard(group_address(old), self.channel_name)
+                await self.notify(USER_LEFT, old)
+            if new is not None:
+                await self.channel_layer.group_add(group_address(new), self.channel_name)
+                await self.notify(USER_JOINED, new, skip=self.channel_name)
+        await self.ack(frame)
+
+    async def keep_alive(self, frame: Frame) -> None:
+        await self.ack(frame)
+
+    ACTIONS = {
+        "sendMessage": send_message,
+        "broadcast": broadcast,
+        "joinRoom": join_room,
+        "keepAlive": keep_alive,
+    }
+
+    # Channel-layer events.
+
+    async def skapi_frame(self, event: dict[str, Any]) -> None:
+        # A connection that left the group (or the user) while the event was in
+        # flight does not get it; the names also guard against address collisions.
+        if "rid" in event and event["rid"] != self.group:
+            return
+        if "uid" in event and event["uid"] != self.user_id:
+            return
+        if event.get("skip") == self.channel_name:
+            return
+        await self.base_send({"type": "websocket.send", "text": event["text"]})
+
+    async def skapi_close(self, event: dict[str, Any]) -> None:
+        await self.close_from_server(int(event.get("code", 4000)))
+
+    # Helpers.
+
+    async def notify(self, code: str, group: str, skip: str | None = None) -> None:
+        event: dict[str, Any] = {
+            "type": "skapi.frame",
+            "text": notice_frame(code, self.user_id, self.cid or "", group),
+            "rid": group,
+        }
+        if skip is not None:
+            event["skip"] = skip
+        await self.channel_layer.group_send(group_address(group), event)
+
+    @staticmethod
+    def encode(build: Any, frame: Frame, *args: Any) -> str:
+        try:
+            return build(frame.content, *args)
+        except RecursionError:
+            raise FrameError(INVALID_PARAMETER, "content is nested too deeply.", frame.id) from None
+
+    async def ack(self, frame: Frame) -> None:
+        if frame.id is not None:
+            await self.base_send({"type": "websocket.send", "text": ack_frame(frame.id)})
+
+    async def send_error(self, code: str, sentence: str, frame_id: Any = None) -> None:
+        await self.base_send(
+            {"type": "websocket.send", "text": error_frame(code, sentence, frame_id)}
+        )

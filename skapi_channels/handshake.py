@@ -1,0 +1,72 @@
+"""Who may open a socket: the Origin check and authentication (PROTOCOL section 2)."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
+from django.http.request import validate_host
+
+from skapi_channels.tokens import read_token
+
+
+def header(scope: dict[str, Any], name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def allowed_hosts() -> list[str]:
+    hosts = list(settings.ALLOWED_HOSTS)
+    if settings.DEBUG and not hosts:  # as Django's own host check does
+        hosts = [".localhost", "127.0.0.1", "[::1]"]
+    return hosts
+
+
+def origin_allowed(scope: dict[str, Any]) -> bool:
+    """A browser's Origin must be one of ALLOWED_HOSTS; no Origin is a non-browser client."""
+    origin = header(scope, b"origin")
+    if origin is None:
+        return True
+    try:
+        host = urlsplit(origin).hostname
+    except ValueError:
+        return False
+    if not host:  # "null", file: pages, garbage
+        return False
+    if ":" in host:
+        host = f"[{host}]"
+    return validate_host(host, allowed_hosts())
+
+
+def query_token(scope: dict[str, Any]) -> str | None:
+    query = scope.get("query_string", b"").decode("latin-1")
+    values = parse_qs(query, keep_blank_values=True).get("token")
+    return values[-1] if values else None
+
+
+def active_user(user_pk: str) -> Any | None:
+    try:
+        return get_user_model()._default_manager.filter(pk=user_pk, is_active=True).first()
+    except (ValueError, TypeError, ValidationError):
+        return None
+
+
+aactive_user = database_sync_to_async(active_user)
+
+
+async def authenticate(scope: dict[str, Any]) -> Any | None:
+    """The user of a handshake, or None. A ``?token=`` decides over the session."""
+    token = query_token(scope)
+    if token is not None:
+        user_pk = read_token(token)
+        return None if user_pk is None else await aactive_user(user_pk)
+    user = scope.get("user")
+    if user is None or not user.is_authenticated:
+        return None
+    return user

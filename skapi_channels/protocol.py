@@ -1,0 +1,226 @@
+"""The wire format of PROTOCOL.md: parsing client frames, building server frames.
+
+Pure functions, no I/O: the consumer calls them, and tests call them directly.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from dataclasses import dataclass
+from typing import Any
+
+INVALID_REQUEST = "INVALID_REQUEST"
+INVALID_PARAMETER = "INVALID_PARAMETER"
+TOO_LARGE = "TOO_LARGE"
+RATE_LIMITED = "RATE_LIMITED"
+MISSED_MESSAGES = "MISSED_MESSAGES"
+
+USER_JOINED = "USER_JOINED"
+USER_LEFT = "USER_LEFT"
+USER_DISCONNECTED = "USER_DISCONNECTED"
+
+ACTIONS = ("sendMessage", "broadcast", "joinRoom", "keepAlive")
+MAX_ID_LENGTH = 64
+MAX_USER_ID_LENGTH = 150
+
+FrameId = int | str | None
+
+
+class FrameError(Exception):
+    """A refused frame: becomes an error frame, never closes the socket."""
+
+    def __init__(self, code: str, message: str, frame_id: FrameId = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.frame_id = frame_id
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    action: str
+    id: FrameId = None
+    # sendMessage: recipient user_id; broadcast/joinRoom: group name (None leaves).
+    target: str | None = None
+    content: Any = None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def loads(text: str | bytes) -> Any:
+    """Strict JSON: NaN and Infinity are refused, as JSON has neither."""
+    return json.loads(text, parse_constant=_refuse_constant)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def not_joined_sentence(rid: str) -> str:
+    return f"User has not joined to the recipient group. Run joinRealtime('{rid}')"
+
+
+def utf8_length_over(text: str, limit: int) -> bool:
+    """Whether ``text`` takes more than ``limit`` bytes of UTF-8, encoding only if unclear."""
+    if len(text) <= limit // 4:
+        return False
+    if len(text) > limit:
+        return True
+    return len(text.encode("utf-8", "surrogatepass")) > limit
+
+
+def group_name_problem(value: Any, max_length: int) -> str | None:
+    """Why ``value`` is not a valid group name, or None when it is."""
+    if not isinstance(value, str):
+        return f"Group name must be a string, not {json_type(value)}."
+    if not 1 <= len(value) <= max_length:
+        return f"Group name must be 1 to {max_length} characters long; it has {len(value)}."
+    for char in value:
+        category = unicodedata.category(char)
+        if category == "Cc":
+            return f"Group name must not contain control characters (found U+{ord(char):04X})."
+        if category == "Cs":
+            return f"Group name must be valid Unicode (found the lone surrogate U+{ord(char):04X})."
+    return None
+
+
+def user_id_problem(value: Any) -> str | None:
+    """Why ``value`` is not a possible user_id, or None."""
+    if not isinstance(value, str):
+        return f"uid must be a string, not {json_type(value)}."
+    if not 1 <= len(value) <= MAX_USER_ID_LENGTH:
+        return f"uid must be 1 to {MAX_USER_ID_LENGTH} characters long."
+    if any(0xD800 <= ord(char) <= 0xDFFF for char in value):
+        return "uid must be valid Unicode."
+    return None
+
+
+def json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def read_id(data: dict[str, Any]) -> FrameId:
+    """The frame's id; a present id of the wrong type is refused with ``#id`` null."""
+    if "id" not in data:
+        return None
+    frame_id = data["id"]
+    if isinstance(frame_id, bool) or not isinstance(frame_id, (int, str)) or (
+        isinstance(frame_id, str) and len(frame_id) > MAX_ID_LENGTH
+    ):
+        raise FrameError(
+            INVALID_PARAMETER,
+            f"id must be an integer or a string of at most {MAX_ID_LENGTH} characters.",
+        )
+    return frame_id
+
+
+def parse_frame(text: str, max_group_name_length: int) -> Frame:
+    """Parse and validate one text frame; raises FrameError with what was wrong."""
+    try:
+        data = loads(text)
+    except (ValueError, RecursionError):
+        raise FrameError(INVALID_REQUEST, "Frame is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise FrameError(INVALID_REQUEST, f"Frame must be a JSON object, not {json_type(data)}.")
+    frame_id = read_id(data)
+    action = data.get("action")
+    if action is None:
+        raise FrameError(INVALID_REQUEST, "Frame has no action.", frame_id)
+    if action not in ACTIONS:
+        shown = action if isinstance(action, str) else json_type(action)
+        raise FrameError(
+            INVALID_REQUEST,
+            f"Unknown action {str(shown)[:64]!r}; expected one of {', '.join(ACTIONS)}.",
+            frame_id,
+        )
+    if action == "keepAlive":
+        return Frame(action, frame_id)
+    if action == "joinRoom":
+        rid = data.get("rid")
+        if rid is None or rid == "":
+            return Frame(action, frame_id, None)
+        problem = group_name_problem(rid, max_group_name_length)
+        if problem:
+            raise FrameError(INVALID_PARAMETER, problem, frame_id)
+        return Frame(action, frame_id, rid)
+    if "content" not in data:
+        raise FrameError(INVALID_PARAMETER, f"{action} needs a content field.", frame_id)
+    if action == "broadcast":
+        if "rid" not in data:
+            raise FrameError(INVALID_PARAMETER, "broadcast needs a rid field.", frame_id)
+        rid = data["rid"]
+        if not isinstance(rid, str):
+            raise FrameError(
+                INVALID_PARAMETER, f"rid must be a string, not {json_type(rid)}.", frame_id
+            )
+        return Frame(action, frame_id, rid, data["content"])
+    if "uid" not in data:
+        raise FrameError(INVALID_PARAMETER, "sendMessage needs a uid field.", frame_id)
+    problem = user_id_problem(data["uid"])
+    if problem:
+        raise FrameError(INVALID_PARAMETER, problem, frame_id)
+    return Frame(action, frame_id, data["uid"], data["content"])
+
+
+def id_of_unparsed(text: str) -> FrameId:
+    """Best effort: the id of a frame refused before parsing (too large, rate limited)."""
+    try:
+        data = loads(text)
+        return read_id(data) if isinstance(data, dict) else None
+    except (ValueError, RecursionError, FrameError):
+        return None
+
+
+# Server frames.
+
+
+def ack_frame(frame_id: FrameId) -> str:
+    return dumps({"#ack": frame_id})
+
+
+def error_frame(code: str, message: str, frame_id: FrameId = None, **extra: Any) -> str:
+    frame = {"#error": message, "#code": code, "#id": frame_id}
+    frame.update(extra)
+    return dumps(frame)
+
+
+def message_frame(content: Any, user_id: str, cid: str, rid: str) -> str:
+    return dumps({"#message": content, "#user_id": user_id, "#scid": cid, "#srid": rid})
+
+
+def private_frame(content: Any, user_id: str, cid: str) -> str:
+    return dumps({"#private": content, "#user_id": user_id, "#scid": cid, "#srid": None})
+
+
+NOTICE_SENTENCES = {
+    USER_JOINED: "{} has joined the message group.",
+    USER_LEFT: "{} has left the message group.",
+    USER_DISCONNECTED: "{} has been disconnected.",
+}
+
+
+def notice_frame(code: str, user_id: str, cid: str, rid: str) -> str:
+    return dumps(
+        {
+            "#notice": NOTICE_SENTENCES[code].format(user_id),
+            "#code": code,
+            "#user_id": user_id,
+            "#scid": cid,
+            "#srid": rid,
+        }
+    )

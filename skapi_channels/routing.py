@@ -1,0 +1,13 @@
+"""WebSocket routes: include ``websocket_urlpatterns`` in the project's ASGI router,
+inside ``channels.auth.AuthMiddlewareStack`` so the session cookie authenticates."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from skapi_channels.conf import conf
+from skapi_channels.consumer import RealtimeConsumer
+
+websocket_urlpatterns = [
+    path(conf.WEBSOCKET_PATH, RealtimeConsumer.as_asgi(), name="skapi_realtime"),
+]

@@ -1,0 +1,55 @@
+"""``{% load skapi_channels %}{% skapi_realtime %}``: the script tag of the JS client.
+
+The script reads its configuration from the tag's ``data-*`` attributes, so the
+page needs nothing else to call ``skapi.connectRealtime(...)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import template
+from django.templatetags.static import static
+from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.safestring import SafeString, mark_safe
+
+from skapi_channels.conf import conf
+
+register = template.Library()
+
+
+@register.simple_tag(takes_context=True)
+def skapi_realtime(context: template.Context, auth: str = "") -> SafeString:
+    """Render the client's ``<script>`` tag, with a CSP nonce when there is one.
+
+    ``auth="token"`` makes the socket authenticate with a handshake token from the
+    token endpoint instead of the session cookie.
+    """
+    if auth not in ("", "cookie", "token"):
+        raise template.TemplateSyntaxError(
+            f'skapi_realtime: auth must be "cookie" or "token", not {auth!r}.'
+        )
+    html = format_html(
+        '<script src="{}" data-socket-path="{}" data-groups-url="{}" '
+        'data-users-url="{}" data-token-url="{}"',
+        static("skapi_channels/skapi-realtime.js"),
+        "/" + conf.WEBSOCKET_PATH,
+        reverse("skapi_channels:groups"),
+        reverse("skapi_channels:users"),
+        reverse("skapi_channels:token"),
+    )
+    if auth:
+        html += format_html(' data-auth="{}"', auth)
+    nonce = _csp_nonce(context)
+    if nonce:
+        html += format_html(' nonce="{}"', nonce)
+    return html + mark_safe("></script>")
+
+
+def _csp_nonce(context: template.Context) -> Any:
+    nonce = context.get("csp_nonce")
+    if not nonce:
+        request = context.get("request")
+        nonce = getattr(request, "csp_nonce", None)
+    return str(nonce) if nonce else ""
