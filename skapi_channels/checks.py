@@ -28,6 +28,15 @@ POSITIVE_NUMBERS = (
 CALLABLES = ("USER_ID_FUNCTION", "USER_LOOKUP_FUNCTION")
 
 
+def callable_problem(value: Any) -> str | None:
+    """Why ``value`` is neither a callable nor the dotted path of one, or None."""
+    try:
+        function = import_string(value) if isinstance(value, str) else value
+    except ImportError as exc:
+        return str(exc)
+    return None if callable(function) else f"{value!r} is not callable"
+
+
 def check_settings(**kwargs: Any) -> list[CheckMessage]:
     user = getattr(settings, "SKAPI_CHANNELS", {})
     if not isinstance(user, dict):
@@ -68,14 +77,8 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
                 )
             )
     for name in CALLABLES:
-        value = user.get(name, DEFAULTS[name])
-        try:
-            function = import_string(value) if isinstance(value, str) else value
-        except ImportError as exc:
-            function, reason = None, str(exc)
-        else:
-            reason = f"{value!r} is not callable"
-        if not callable(function):
+        reason = callable_problem(user.get(name, DEFAULTS[name]))
+        if reason:
             errors.append(
                 Error(
                     f"SKAPI_CHANNELS[{name!r}] must be a callable or its dotted path: {reason}.",
@@ -106,4 +109,16 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
                 id="skapi_channels.E007",
             )
         )
+    for name in ("AUTHORIZE_JOIN", "AUTHORIZE_MESSAGE"):
+        value = user.get(name)
+        reason = None if value is None else callable_problem(value)
+        if reason:
+            errors.append(
+                Error(
+                    f"SKAPI_CHANNELS[{name!r}] must be None, a callable or its dotted path: "
+                    f"{reason}.",
+                    hint="The default None lets everyone.",
+                    id="skapi_channels.E008",
+                )
+            )
     return errors

@@ -23,6 +23,9 @@ DEFAULTS: dict[str, Any] = {
     # Identity: user -> user_id string, and user_id string -> user (or None).
     "USER_ID_FUNCTION": "skapi_channels.identity.user_id_of",
     "USER_LOOKUP_FUNCTION": "skapi_channels.identity.user_for_id",
+    # Authorisation hooks (hooks.py): None allows everyone.
+    "AUTHORIZE_JOIN": None,
+    "AUTHORIZE_MESSAGE": None,
     # How long a known user_id is trusted without asking the database again.
     "USER_CACHE_SECONDS": 60.0,
     # Handshake tokens from /realtime/token/.
@@ -78,6 +81,16 @@ class Settings:
     @property
     def USER_LOOKUP_FUNCTION(self) -> Callable[[str], Any]:
         return _import(self._get("USER_LOOKUP_FUNCTION"))
+
+    @property
+    def AUTHORIZE_JOIN(self) -> Callable[[str, str], Any] | None:
+        value = self._get("AUTHORIZE_JOIN")
+        return None if value is None else _import(value)
+
+    @property
+    def AUTHORIZE_MESSAGE(self) -> Callable[[str, str], Any] | None:
+        value = self._get("AUTHORIZE_MESSAGE")
+        return None if value is None else _import(value)
 
     @property
     def USER_CACHE_SECONDS(self) -> float:

@@ -15,10 +15,11 @@ from typing import Any
 from channels.consumer import AsyncConsumer, get_handler_name
 from channels.exceptions import StopConsumer
 
-from skapi_channels import presence
+from skapi_channels import presence, signals
 from skapi_channels.addressing import group_address, user_address
 from skapi_channels.conf import conf
 from skapi_channels.handshake import authenticate, origin_allowed
+from skapi_channels.hooks import ask
 from skapi_channels.limits import TokenBucket
 from skapi_channels.protocol import (
     INVALID_PARAMETER,
@@ -40,7 +41,7 @@ from skapi_channels.protocol import (
     private_frame,
     utf8_length_over,
 )
-from skapi_channels.runtime import runtime
+from skapi_channels.runtime import announce_departure, runtime
 
 logger = logging.getLogger("skapi_channels")
 
@@ -89,6 +90,7 @@ class RealtimeConsumer(AsyncConsumer):
         runtime.connections.add(self)
         runtime.counters["connections_opened"] += 1
         await self.base_send({"type": "websocket.accept"})
+        await signals.connection_opened.asend(RealtimeConsumer, user_id=user_id, cid=cid)
 
     async def refuse(self) -> None:
         """Refuse a handshake: the server answers it with HTTP 403."""
@@ -102,10 +104,12 @@ class RealtimeConsumer(AsyncConsumer):
                 await self.channel_layer.group_discard(
                     group_address(self.group), self.channel_name
                 )
-            departure = await presence.aclose_connection(self.cid)
-            if departure is not None and departure.group_name is not None:
-                await self.notify(USER_DISCONNECTED, departure.group_name)
-            self.cid = None
+            cid, self.cid = self.cid, None
+            departure = await presence.aclose_connection(cid)
+            if departure is not None:
+                if departure.group_name is not None:
+                    await self.notify(USER_DISCONNECTED, departure.group_name, cid=cid)
+                await announce_departure(RealtimeConsumer, departure)
         raise StopConsumer()
 
     async def close_from_server(self, code: int) -> None:
@@ -149,11 +153,18 @@ class RealtimeConsumer(AsyncConsumer):
             uid, conf.USER_LOOKUP_FUNCTION, conf.USER_CACHE_SECONDS
         ):
             raise FrameError(INVALID_REQUEST, not_joined_sentence(uid), frame.id)
+        refusal = await ask(conf.AUTHORIZE_MESSAGE, self.user_id, uid)
+        if refusal is not None:
+            raise FrameError(
+                INVALID_REQUEST, refusal or f"You may not send messages to user '{uid}'.", frame.id
+            )
         text = self.encode(private_frame, frame, self.user_id, self.cid)
         await self.channel_layer.group_send(
             user_address(uid), {"type": "skapi.frame", "text": text, "uid": uid}
         )
         runtime.counters["private_messages"] += 1
+        if signals.message_sent.receivers:
+            await self.announce_message(frame, private=True)
         await self.ack(frame)
 
     async def broadcast(self, frame: Frame) -> None:
@@ -165,11 +176,19 @@ class RealtimeConsumer(AsyncConsumer):
             group_address(rid), {"type": "skapi.frame", "text": text, "rid": rid}
         )
         runtime.counters["group_messages"] += 1
+        if signals.message_sent.receivers:
+            await self.announce_message(frame, private=False)
         await self.ack(frame)
 
     async def join_room(self, frame: Frame) -> None:
         old, new = self.group, frame.target
         if new != old:
+            if new is not None:
+                refusal = await ask(conf.AUTHORIZE_JOIN, self.user_id, new)
+                if refusal is not None:
+                    raise FrameError(
+                        INVALID_REQUEST, refusal or f"You may not join the group '{new}'.", frame.id
+                    )
             moved = await presence.amove_connection(self.cid, self.user_id, old, new)
             if not moved:
                 # The row is gone: this process was taken for dead and reaped.
@@ -181,6 +200,7 @@ class RealtimeConsumer(AsyncConsumer):
             if new is not None:
                 await self.channel_layer.group_add(group_address(new), self.channel_name)
                 await self.notify(USER_JOINED, new, skip=self.channel_name)
+            await self.announce_move(old, new)
         await self.ack(frame)
 
     async def keep_alive(self, frame: Frame) -> None:
@@ -211,15 +231,41 @@ class RealtimeConsumer(AsyncConsumer):
 
     # Helpers.
 
-    async def notify(self, code: str, group: str, skip: str | None = None) -> None:
+    async def notify(
+        self, code: str, group: str, skip: str | None = None, cid: str | None = None
+    ) -> None:
         event: dict[str, Any] = {
             "type": "skapi.frame",
-            "text": notice_frame(code, self.user_id, self.cid or "", group),
+            "text": notice_frame(code, self.user_id, cid or self.cid or "", group),
             "rid": group,
         }
         if skip is not None:
             event["skip"] = skip
         await self.channel_layer.group_send(group_address(group), event)
+
+    async def announce_move(self, old: str | None, new: str | None) -> None:
+        if old is not None:
+            await signals.group_left.asend(
+                RealtimeConsumer,
+                user_id=self.user_id,
+                cid=self.cid,
+                group=old,
+                reason="switched" if new is not None else "left",
+            )
+        if new is not None:
+            await signals.group_joined.asend(
+                RealtimeConsumer, user_id=self.user_id, cid=self.cid, group=new
+            )
+
+    async def announce_message(self, frame: Frame, private: bool) -> None:
+        await signals.message_sent.asend(
+            RealtimeConsumer,
+            user_id=self.user_id,
+            cid=self.cid,
+            recipient=frame.target,
+            private=private,
+            content=frame.content,
+        )
 
     @staticmethod
     def encode(build: Any, frame: Frame, *args: Any) -> str:

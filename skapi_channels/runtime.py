@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from channels.layers import get_channel_layer
 from django.utils import timezone
 
-from skapi_channels import presence
+from skapi_channels import presence, signals
 from skapi_channels.addressing import group_address
 from skapi_channels.conf import conf
 from skapi_channels.protocol import USER_DISCONNECTED, notice_frame
@@ -111,6 +111,8 @@ class ServerRuntime:
         if departures:
             logger.info("Reaped %d connections of dead server processes", len(departures))
             await send_disconnect_notices(departures)
+            for departure in departures:
+                await announce_departure(ServerRuntime, departure)
         return departures
 
 
@@ -128,6 +130,21 @@ async def send_disconnect_notices(departures: list[presence.Departure]) -> None:
             group_address(departure.group_name),
             {"type": "skapi.frame", "text": text, "rid": departure.group_name},
         )
+
+
+async def announce_departure(sender: Any, departure: presence.Departure) -> None:
+    """The signals of a connection that is gone: left its group, closed."""
+    if departure.group_name is not None:
+        await signals.group_left.asend(
+            sender,
+            user_id=departure.user_id,
+            cid=departure.cid,
+            group=departure.group_name,
+            reason="disconnected",
+        )
+    await signals.connection_closed.asend(
+        sender, user_id=departure.user_id, cid=departure.cid, group=departure.group_name
+    )
 
 
 runtime = ServerRuntime()

@@ -195,6 +195,7 @@
         this._keepAliveTimer = null;
         this._reconnectTimer = null;
         this._attempt = 0;
+        this._openedAt = 0;
         this._generation = 0;
         this._authFailed = false;
         this._startKeyHistory = {};
@@ -302,24 +303,35 @@
     SkapiRealtime.prototype._onOpen = function (socket) {
         var self = this;
         this._state = State.OPEN;
-        this._attempt = 0;
+        this._openedAt = Date.now();
         this._opening = Promise.resolve(socket);
         this._startKeepAlive(socket);
-        if (this._group !== null) {
-            // Rejoin before anything else is sent on the new socket.
-            var group = this._group;
-            this._request({ action: 'joinRoom', rid: group }).catch(function (err) {
-                if (self._group === group) {
-                    self._group = null;
-                }
-                self._emit('error', err.message, { '#code': err.code });
-            });
+        if (this._group === null) {
+            this._emit('success', 'Connected to WebSocket server.');
+            return;
         }
-        this._emit('success', 'Connected to WebSocket server.');
+        // Rejoin before anything else is sent on the new socket, and report
+        // success once the group is joined again.
+        var group = this._group;
+        this._request({ action: 'joinRoom', rid: group }).then(function () {
+            self._emit('success', 'Connected to WebSocket server.');
+        }, function (err) {
+            if (self._socket !== socket) {
+                return; // lost again; the next reconnect rejoins
+            }
+            if (self._group === group) {
+                self._group = null;
+            }
+            self._emit('success', 'Connected to WebSocket server.');
+            self._emit('error', err.message, { '#code': err.code });
+        });
     };
 
     // An open socket closed without closeRealtime(): reconnect with backoff.
     SkapiRealtime.prototype._onLost = function () {
+        if (Date.now() - this._openedAt >= this.config.reconnectMaxDelay) {
+            this._attempt = 0; // it was up for a while: a new outage, a new budget
+        }
         this._state = State.RECONNECTING;
         this._scheduleReconnect();
     };
