@@ -8,6 +8,7 @@ messages.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -87,7 +88,12 @@ SQLITE_OPTIONS = {
 }
 
 if os.environ.get("DATABASE_URL"):
-    DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=60)}
+    # Health checks let a process outlive a database restart.
+    DATABASES = {
+        "default": dj_database_url.parse(
+            os.environ["DATABASE_URL"], conn_max_age=60, conn_health_checks=True
+        )
+    }
 else:
     DATABASES = {
         "default": {
@@ -98,17 +104,29 @@ else:
         }
     }
 
+# channels-redis (see docs/deployment.md for the measured choice and the tuning).
+# RedisChannelLayer keeps one queue per server process in Redis: ``capacity`` bounds
+# the undelivered messages of a whole process, ``expiry`` how long one may wait.
+# skapi_channels.layers counts and logs every delivery these limits drop, and
+# retries while Redis restarts.
 if os.environ.get("REDIS_URL"):
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": os.environ.get(
+                "CHANNEL_LAYER_BACKEND", "skapi_channels.layers.RedisChannelLayer"
+            ),
             "CONFIG": {
                 "hosts": [os.environ["REDIS_URL"]],
-                "capacity": 1000,
-                "expiry": 60,
+                "prefix": os.environ.get("CHANNEL_LAYER_PREFIX", "skapi"),
+                "capacity": int(os.environ.get("CHANNEL_LAYER_CAPACITY", "10000")),
+                "expiry": int(os.environ.get("CHANNEL_LAYER_EXPIRY", "60")),
             },
         }
     }
+    if CHANNEL_LAYERS["default"]["BACKEND"].endswith("RedisPubSubChannelLayer"):
+        # The pub/sub layer has no queues, so neither capacity nor expiry.
+        for unused in ("capacity", "expiry"):
+            CHANNEL_LAYERS["default"]["CONFIG"].pop(unused)
 else:
     CHANNEL_LAYERS = {
         "default": {
@@ -132,9 +150,17 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# WhiteNoise serves static files (the JS client included) under daphne as well as
+# under runserver, straight from the apps' static folders; collectstatic is only
+# needed for production.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-SKAPI_CHANNELS: dict[str, object] = {}
+# SKAPI_CHANNELS_JSON: a JSON object of SKAPI_CHANNELS settings, e.g.
+# '{"HEARTBEAT_INTERVAL": 0.5, "DEAD_AFTER": 2, "REAP_INTERVAL": 0.5}' (the
+# multi-process tests use it for a fast reaper).
+SKAPI_CHANNELS: dict[str, object] = json.loads(os.environ.get("SKAPI_CHANNELS_JSON") or "{}")
 
 LOGGING = {
     "version": 1,

@@ -174,5 +174,5 @@ def presence_is_true() -> Callable[[], None]:
     return check
 
 
-async def in_db(function: Callable[..., Any], *args: Any) -> Any:
-    return await database_sync_to_async(function)(*args)
+async def in_db(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return await database_sync_to_async(function)(*args, **kwargs)

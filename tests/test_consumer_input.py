@@ -1,0 +1,126 @@
+"""Bad input on the socket: an error frame, the socket stays usable, presence unchanged."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.test import override_settings
+
+from skapi_channels.models import Connection
+from tests.conftest import in_db
+
+
+def snapshot() -> list[tuple[str, str | None]]:
+    return sorted(Connection.objects.values_list("user_id", "group_name"))
+
+
+BAD_FRAMES = [
+    # (frame text, code, sentence fragment, id the error carries)
+    ("not json", "INVALID_REQUEST", "not valid JSON", None),
+    ('{"action": "keepAlive"', "INVALID_REQUEST", "not valid JSON", None),
+    ("[1, 2]", "INVALID_REQUEST", "must be a JSON object, not an array", None),
+    ('"text"', "INVALID_REQUEST", "must be a JSON object, not a string", None),
+    ("NaN", "INVALID_REQUEST", "not valid JSON", None),
+    ('{"id": 1}', "INVALID_REQUEST", "no action", 1),
+    ('{"action": "fly", "id": "x"}', "INVALID_REQUEST", "Unknown action 'fly'", "x"),
+    ('{"action": 5, "id": 2}', "INVALID_REQUEST", "Unknown action", 2),
+    ('{"action": "keepAlive", "id": 1.5}', "INVALID_PARAMETER", "id must be", None),
+    ('{"action": "keepAlive", "id": true}', "INVALID_PARAMETER", "id must be", None),
+    ('{"action": "keepAlive", "id": [1]}', "INVALID_PARAMETER", "id must be", None),
+    (json.dumps({"action": "keepAlive", "id": "x" * 65}), "INVALID_PARAMETER", "id must be", None),
+    ('{"action": "broadcast", "rid": "Room", "id": 3}', "INVALID_PARAMETER", "content", 3),
+    ('{"action": "broadcast", "content": 1, "id": 3}', "INVALID_PARAMETER", "rid", 3),
+    ('{"action": "broadcast", "rid": 7, "content": 1, "id": 3}', "INVALID_PARAMETER", "rid must be a string", 3),
+    ('{"action": "sendMessage", "content": 1, "id": 4}', "INVALID_PARAMETER", "uid", 4),
+    ('{"action": "sendMessage", "uid": 1, "content": 1, "id": 4}', "INVALID_PARAMETER", "uid must be a string", 4),
+    ('{"action": "sendMessage", "uid": "1", "id": 4}', "INVALID_PARAMETER", "content", 4),
+    ('{"action": "joinRoom", "rid": 12, "id": 5}', "INVALID_PARAMETER", "Group name must be a string", 5),
+    (json.dumps({"action": "joinRoom", "rid": "x" * 129, "id": 5}), "INVALID_PARAMETER", "1 to 128 characters", 5),
+    (json.dumps({"action": "joinRoom", "rid": "a\nb", "id": 5}), "INVALID_PARAMETER", "control characters", 5),
+    (json.dumps({"action": "joinRoom", "rid": "a\x7fb", "id": 5}), "INVALID_PARAMETER", "control characters", 5),
+    (json.dumps({"action": "joinRoom", "rid": "a\x85b", "id": 5}), "INVALID_PARAMETER", "control characters", 5),
+    ('{"action": "joinRoom", "rid": "a\\ud800", "id": 5}', "INVALID_PARAMETER", "surrogate", 5),
+]
+
+
+@pytest.mark.parametrize("text,code,fragment,frame_id", BAD_FRAMES)
+async def test_bad_frame_gets_an_error_and_changes_nothing(
+    users, connect, presence_is_true, text, code, fragment, frame_id
+):
+    a, b = await connect(users.alice), await connect(users.bob)
+    await a.join("Room")
+    await b.join("Room")
+    await a.receive()
+    before = await in_db(snapshot)
+    await a.send(text)
+    error = await a.receive()
+    assert error["#code"] == code
+    assert fragment in error["#error"]
+    assert error["#id"] == frame_id and "#id" in error
+    assert set(error) == {"#error", "#code", "#id"}
+    await b.nothing()
+    assert await in_db(snapshot) == before
+    await in_db(presence_is_true)
+    # The socket is still usable.
+    assert await a.request({"action": "keepAlive", "id": "after"}) == {"#ack": "after"}
+
+
+async def test_a_128_character_group_name_is_accepted(users, connect):
+    a = await connect(users.alice)
+    await a.join("é" * 128)
+
+
+async def test_binary_frame_is_refused(users, connect):
+    a = await connect(users.alice)
+    await a.send_bytes(b'{"action": "keepAlive", "id": 1}')
+    error = await a.receive()
+    assert (error["#code"], error["#id"]) == ("INVALID_REQUEST", None)
+    assert "Binary" in error["#error"]
+    assert await a.request({"action": "keepAlive", "id": 2}) == {"#ack": 2}
+
+
+async def test_oversize_frame_is_refused_with_its_id(users, connect, presence_is_true):
+    a = await connect(users.alice)
+    await a.join("Room")
+    frame = {"action": "broadcast", "rid": "Room", "content": "é" * 16_400, "id": 9}
+    assert len(json.dumps(frame, ensure_ascii=False).encode()) > 32_768
+    await a.send(json.dumps(frame, ensure_ascii=False))
+    assert await a.receive() == {
+        "#error": "Frame is larger than 32768 bytes.",
+        "#code": "TOO_LARGE",
+        "#id": 9,
+    }
+    # Just under the limit passes.
+    frame["content"] = "x" * 32_000
+    await a.send(json.dumps(frame))
+    received = [await a.receive(), await a.receive()]
+    assert {"#ack": 9} in received
+    await in_db(presence_is_true)
+
+
+async def test_burst_past_the_rate_limit_is_refused_frame_by_frame(users, connect, presence_is_true):
+    a = await connect(users.alice)
+    await a.join("Room")
+    for number in range(60):
+        await a.send({"action": "keepAlive", "id": number})
+    answers = [await a.receive() for _ in range(60)]
+    acked = [answer["#ack"] for answer in answers if "#ack" in answer]
+    limited = [answer for answer in answers if answer.get("#code") == "RATE_LIMITED"]
+    # The join took one token of the burst of 40; a few refill while sending.
+    assert 39 <= len(acked) < 45
+    assert len(acked) + len(limited) == 60
+    assert all(answer["#id"] is not None for answer in limited)
+    assert "at most 20 a second" in limited[0]["#error"]
+    assert await in_db(snapshot) == [(str(users.alice.pk), "Room")]
+    await in_db(presence_is_true)
+
+
+@override_settings(SKAPI_CHANNELS={"RATE_BURST": 2, "FLOOD_CLOSE_AFTER": 5, "RATE_PER_SECOND": 0.01})
+async def test_a_flooding_client_is_closed_with_4008(users, connect, presence_is_true):
+    a = await connect(users.alice)
+    for _ in range(2 + 5):
+        await a.send({"action": "keepAlive"})
+    for _ in range(5):
+        assert (await a.receive())["#code"] == "RATE_LIMITED"
+    assert await a.receive_close() == 4008
