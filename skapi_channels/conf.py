@@ -20,6 +20,8 @@ DEFAULTS: dict[str, Any] = {
     "MAX_CONNECTIONS_PER_USER": 10,
     # Rate-limited frames in a row after which a flooding client is closed (4008).
     "FLOOD_CLOSE_AFTER": 200,
+    # Messages a slow connection may miss in all before it is closed (4009).
+    "MISSED_CLOSE_AFTER": 1000,
     # Identity: user -> user_id string, and user_id string -> user (or None).
     "USER_ID_FUNCTION": "skapi_channels.identity.user_id_of",
     "USER_LOOKUP_FUNCTION": "skapi_channels.identity.user_for_id",
@@ -73,6 +75,10 @@ class Settings:
     @property
     def FLOOD_CLOSE_AFTER(self) -> int:
         return int(self._get("FLOOD_CLOSE_AFTER"))
+
+    @property
+    def MISSED_CLOSE_AFTER(self) -> int:
+        return int(self._get("MISSED_CLOSE_AFTER"))
 
     @property
     def USER_ID_FUNCTION(self) -> Callable[[Any], str]:

@@ -24,6 +24,7 @@ from skapi_channels.limits import TokenBucket
 from skapi_channels.protocol import (
     INVALID_PARAMETER,
     INVALID_REQUEST,
+    MISSED_MESSAGES,
     RATE_LIMITED,
     TOO_LARGE,
     USER_DISCONNECTED,
@@ -47,6 +48,7 @@ logger = logging.getLogger("skapi_channels")
 
 # Close codes.
 CLOSE_FLOODING = 4008
+CLOSE_TOO_FAR_BEHIND = 4009
 CLOSE_SERVER_RESTART = 1012
 
 # Oversized frames are still read for their id up to this size.
@@ -86,6 +88,10 @@ class RealtimeConsumer(AsyncConsumer):
         self.cid, self.user_id = cid, user_id
         self.bucket = TokenBucket(conf.RATE_PER_SECOND, conf.RATE_BURST)
         self.strikes = 0
+        self.missed = 0
+        report_missed_to = getattr(self.channel_layer, "report_missed_to", None)
+        if report_missed_to is not None:
+            report_missed_to(self.channel_name)
         await self.channel_layer.group_add(user_address(user_id), self.channel_name)
         runtime.connections.add(self)
         runtime.counters["connections_opened"] += 1
@@ -225,6 +231,25 @@ class RealtimeConsumer(AsyncConsumer):
         if event.get("skip") == self.channel_name:
             return
         await self.base_send({"type": "websocket.send", "text": event["text"]})
+
+    async def skapi_missed(self, event: dict[str, Any]) -> None:
+        """The layer could not deliver ``count`` messages: this receiver is too slow."""
+        count = int(event["count"])
+        self.missed += count
+        await self.base_send(
+            {
+                "type": "websocket.send",
+                "text": error_frame(
+                    MISSED_MESSAGES,
+                    f"{count} message{'s' if count != 1 else ''} could not be delivered: "
+                    "this connection reads too slowly.",
+                    None,
+                    **{"#missed": count},
+                ),
+            }
+        )
+        if self.missed >= conf.MISSED_CLOSE_AFTER:
+            await self.close_from_server(CLOSE_TOO_FAR_BEHIND)
 
     async def skapi_close(self, event: dict[str, Any]) -> None:
         await self.close_from_server(int(event.get("code", 4000)))

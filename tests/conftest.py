@@ -11,6 +11,7 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
 from django.contrib.sessions.backends.db import SessionStore
+from django.db import connections
 from django.db.backends import utils as db_utils
 
 from project.asgi import application
@@ -145,6 +146,9 @@ async def connect(transactional_db: None) -> AsyncIterator[Callable[..., Any]]:
         await client.close()
     await runtime.stop()
     presence._known_users.clear()
+    # The database thread keeps its connection between tests; close it so that the
+    # test database can be dropped at the end of the run.
+    await database_sync_to_async(connections.close_all)()
 
 
 @pytest.fixture

@@ -124,3 +124,50 @@ async def test_a_flooding_client_is_closed_with_4008(users, connect, presence_is
     for _ in range(5):
         assert (await a.receive())["#code"] == "RATE_LIMITED"
     assert await a.receive_close() == 4008
+
+
+async def test_a_slow_receiver_is_told_what_it_missed(users, connect):
+    from channels.layers import get_channel_layer
+
+    from skapi_channels.models import Connection
+
+    a, b = await connect(users.alice), await connect(users.bob)
+    await a.join("Room")
+    await b.join("Room")
+    await a.receive()
+    # Bob's queue takes nothing, as if he read too slowly for the traffic.
+    channel = await in_db(lambda: Connection.objects.get(user_id=str(users.bob.pk)).channel_name)
+    state = get_channel_layer().channels[channel]
+    state.capacity = 0
+    await a.send({"action": "broadcast", "rid": "Room", "content": "lost", "id": 1})
+    await a.send({"action": "broadcast", "rid": "Room", "content": "lost", "id": 2})
+    for _ in range(4):
+        await a.receive()
+    state.capacity = 1000
+    await a.send({"action": "broadcast", "rid": "Room", "content": "kept", "id": 3})
+    missed = 0
+    while "#message" not in (frame := await b.receive()):
+        assert frame["#code"] == "MISSED_MESSAGES" and frame["#id"] is None
+        assert frame["#error"].endswith("could not be delivered: this connection reads too slowly.")
+        missed += frame["#missed"]
+    assert frame["#message"] == "kept"
+    assert missed == 2
+
+
+@override_settings(SKAPI_CHANNELS={"MISSED_CLOSE_AFTER": 2})
+async def test_a_receiver_too_far_behind_is_closed_with_4009(users, connect):
+    from channels.layers import get_channel_layer
+
+    from skapi_channels.models import Connection
+
+    a, b = await connect(users.alice), await connect(users.bob)
+    await a.join("Room")
+    await b.join("Room")
+    await a.receive()
+    channel = await in_db(lambda: Connection.objects.get(user_id=str(users.bob.pk)).channel_name)
+    get_channel_layer().channels[channel].capacity = 0
+    for number in range(2):
+        await a.send({"action": "broadcast", "rid": "Room", "content": number})
+    for _ in range(2):
+        assert (await b.receive())["#code"] == "MISSED_MESSAGES"
+    assert await b.receive_close() == 4009

@@ -1,0 +1,193 @@
+"""An in-process channel layer for the embedded default: one server process.
+
+It keeps the channel-layer interface of ``channels.layers.InMemoryChannelLayer`` but
+not its costs: that layer starts a task per receiver on ``group_send``, deep-copies
+the message for every receiver, and scans every channel for expired messages on
+each receive. Here a ``group_send`` appends a shallow copy to each receiver's queue
+and wakes it, in one synchronous pass.
+
+Nothing is dropped silently. A receiver whose queue is full loses the message, the
+loss is counted (``runtime.counters["dropped"]``, published with the heartbeat) and
+logged, and a channel registered with ``report_missed_to`` receives a
+``{"type": "skapi.missed", "count": n}`` event before its next message.
+
+A channel that has not read for ``expiry`` seconds when its queue overflows is taken
+for abandoned (its consumer died without leaving its groups) and removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import deque
+from typing import Any
+
+from channels.exceptions import ChannelFull
+from channels.layers import BaseChannelLayer
+
+logger = logging.getLogger("skapi_channels")
+
+
+class _Channel:
+    __slots__ = ("messages", "capacity", "waiter", "missed", "report_missed", "last_read", "groups")
+
+    def __init__(self, capacity: int) -> None:
+        self.messages: deque[dict[str, Any]] = deque()
+        self.capacity = capacity
+        self.waiter: asyncio.Future[None] | None = None
+        self.missed = 0
+        self.report_missed = False
+        self.last_read = time.monotonic()
+        self.groups: set[str] = set()
+
+
+class LocalChannelLayer(BaseChannelLayer):
+    extensions = ["groups", "flush"]
+
+    def __init__(
+        self,
+        expiry: int = 60,
+        group_expiry: int = 86400,
+        capacity: int = 1000,
+        channel_capacity: dict[str, int] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(expiry=expiry, capacity=capacity, channel_capacity=channel_capacity)
+        self.channel_capacity = self.compile_capacities(channel_capacity or {})
+        self.channels: dict[str, _Channel] = {}
+        # group -> its channels, as an insertion-ordered set
+        self.groups: dict[str, dict[str, None]] = {}
+        self.dropped = 0
+        self._logged_at = 0.0
+
+    def _channel(self, name: str) -> _Channel:
+        channel = self.channels.get(name)
+        if channel is None:
+            channel = self.channels[name] = _Channel(self.get_capacity(name))
+        return channel
+
+    def _put(self, name: str, message: dict[str, Any]) -> bool:
+        channel = self._channel(name)
+        if len(channel.messages) >= channel.capacity:
+            return False
+        channel.messages.append(dict(message))
+        waiter = channel.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        return True
+
+    # Channel layer API.
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        assert isinstance(message, dict), "message is not a dict"
+        self.require_valid_channel_name(channel)
+        if not self._put(channel, message):
+            raise ChannelFull(channel)
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        self.require_valid_channel_name(channel)
+        state = self._channel(channel)
+        while True:
+            state.last_read = time.monotonic()
+            if state.missed:
+                count, state.missed = state.missed, 0
+                return {"type": "skapi.missed", "count": count}
+            if state.messages:
+                return state.messages.popleft()
+            waiter = asyncio.get_running_loop().create_future()
+            state.waiter = waiter
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                # The consumer is gone: forget its channel and memberships.
+                self._forget(channel)
+                raise
+            finally:
+                state.waiter = None
+
+    async def new_channel(self, prefix: str = "specific.") -> str:
+        return f"{prefix}.local!{secrets.token_urlsafe(12)}"
+
+    def report_missed_to(self, channel: str) -> None:
+        """Tell ``channel`` of the messages it lost (a ``skapi.missed`` event)."""
+        self._channel(channel).report_missed = True
+
+    # Groups extension.
+
+    async def group_add(self, group: str, channel: str) -> None:
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        self.groups.setdefault(group, {})[channel] = None
+        self._channel(channel).groups.add(group)
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        self._leave(group, channel)
+        state = self.channels.get(channel)
+        if state is not None:
+            state.groups.discard(group)
+
+    def _leave(self, group: str, channel: str) -> None:
+        members = self.groups.get(group)
+        if members is not None:
+            members.pop(channel, None)
+            if not members:
+                del self.groups[group]
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        assert isinstance(message, dict), "Message is not a dict"
+        members = self.groups.get(group)
+        if not members:
+            return
+        lost = 0
+        for name in list(members):
+            if not self._put(name, message):
+                lost += 1
+                self._lost(name)
+        if lost:
+            self._count_drops(lost)
+
+    def _lost(self, name: str) -> None:
+        channel = self.channels[name]
+        if channel.waiter is None and time.monotonic() - channel.last_read > self.expiry:
+            self._abandon(name)
+        elif channel.report_missed:
+            channel.missed += 1
+            if channel.waiter is not None and not channel.waiter.done():
+                channel.waiter.set_result(None)
+
+    def _abandon(self, name: str) -> None:
+        self._forget(name)
+        logger.warning("Channel %s stopped reading; removed it from its groups", name)
+
+    def _forget(self, name: str) -> None:
+        state = self.channels.pop(name, None)
+        if state is not None:
+            for group in state.groups:
+                self._leave(group, name)
+
+    def _count_drops(self, count: int) -> None:
+        from skapi_channels.runtime import runtime  # imported late: the layer loads first
+
+        self.dropped += count
+        runtime.counters["dropped"] += count
+        now = time.monotonic()
+        if now - self._logged_at >= 1.0:
+            self._logged_at = now
+            logger.warning(
+                "Channel layer dropped %d deliveries to full queues (%d in all)",
+                count,
+                self.dropped,
+            )
+
+    # Flush extension.
+
+    async def flush(self) -> None:
+        self.channels = {}
+        self.groups = {}
+
+    async def close(self) -> None:
+        pass
