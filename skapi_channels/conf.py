@@ -18,6 +18,10 @@ DEFAULTS: dict[str, Any] = {
     "RATE_PER_SECOND": 20.0,
     "RATE_BURST": 40,
     "MAX_CONNECTIONS_PER_USER": 10,
+    # New groups one user may create a minute, and handshakes one IP address may
+    # make a minute (each counted per server process).
+    "GROUPS_CREATED_PER_MINUTE": 30,
+    "HANDSHAKES_PER_MINUTE": 600,
     # Rate-limited frames in a row after which a flooding client is closed (4008).
     "FLOOD_CLOSE_AFTER": 200,
     # Messages a slow connection may miss in all before it is closed (4009).
@@ -71,6 +75,14 @@ class Settings:
     @property
     def MAX_CONNECTIONS_PER_USER(self) -> int:
         return int(self._get("MAX_CONNECTIONS_PER_USER"))
+
+    @property
+    def GROUPS_CREATED_PER_MINUTE(self) -> int:
+        return int(self._get("GROUPS_CREATED_PER_MINUTE"))
+
+    @property
+    def HANDSHAKES_PER_MINUTE(self) -> int:
+        return int(self._get("HANDSHAKES_PER_MINUTE"))
 
     @property
     def FLOOD_CLOSE_AFTER(self) -> int:

@@ -20,7 +20,7 @@ from skapi_channels.addressing import group_address, user_address
 from skapi_channels.conf import conf
 from skapi_channels.handshake import authenticate, origin_allowed
 from skapi_channels.hooks import ask
-from skapi_channels.limits import TokenBucket
+from skapi_channels.limits import TokenBucket, limiter
 from skapi_channels.protocol import (
     INVALID_PARAMETER,
     INVALID_REQUEST,
@@ -73,6 +73,10 @@ class RealtimeConsumer(AsyncConsumer):
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         if conf.CHECK_ORIGIN and not origin_allowed(self.scope):
+            return await self.refuse()
+        client = self.scope.get("client") or ("unknown", 0)
+        if not limiter("handshakes", conf.HANDSHAKES_PER_MINUTE).take(str(client[0])):
+            logger.warning("Refused a handshake from %s: over the handshake rate", client[0])
             return await self.refuse()
         user = await authenticate(self.scope)
         if user is None:
@@ -195,10 +199,22 @@ class RealtimeConsumer(AsyncConsumer):
                     raise FrameError(
                         INVALID_REQUEST, refusal or f"You may not join the group '{new}'.", frame.id
                     )
-            moved = await presence.amove_connection(self.cid, self.user_id, old, new)
-            if not moved:
+            creations = limiter("group_creations", conf.GROUPS_CREATED_PER_MINUTE)
+            moved = await presence.amove_connection(
+                self.cid, self.user_id, old, new, creations.available(self.user_id)
+            )
+            if moved is None:
+                raise FrameError(
+                    RATE_LIMITED,
+                    f"You may create at most {conf.GROUPS_CREATED_PER_MINUTE} new groups a "
+                    "minute; join an existing group or try again later.",
+                    frame.id,
+                )
+            if moved == presence.GONE:
                 # The row is gone: this process was taken for dead and reaped.
                 return await self.close_from_server(CLOSE_SERVER_RESTART)
+            if moved == presence.CREATED:
+                creations.take(self.user_id)
             self.group = new
             if old is not None:
                 await self.channel_layer.group_discard(group_address(old), self.channel_name)

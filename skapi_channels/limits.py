@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 
 
 class TokenBucket:
@@ -24,3 +25,49 @@ class TokenBucket:
             self.tokens -= 1.0
             return True
         return False
+
+
+class KeyedLimiter:
+    """A token bucket per key (a user, an IP address), for the keys seen lately.
+
+    Counted in this process only: with N processes a key may get up to N times the
+    rate, which bounds abuse without a shared store on the hot path.
+    """
+
+    def __init__(self, per_minute: int, max_keys: int = 100_000) -> None:
+        self.per_minute = per_minute
+        self.max_keys = max_keys
+        self.buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def _bucket(self, key: str) -> TokenBucket:
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            if len(self.buckets) >= self.max_keys:
+                self.buckets.popitem(last=False)
+            bucket = self.buckets[key] = TokenBucket(self.per_minute / 60.0, self.per_minute)
+        else:
+            self.buckets.move_to_end(key)
+        return bucket
+
+    def take(self, key: str) -> bool:
+        return self._bucket(key).take()
+
+    def available(self, key: str) -> bool:
+        """Whether ``take`` would succeed now, without taking."""
+        bucket = self._bucket(key)
+        if bucket.take():
+            bucket.tokens += 1.0
+            return True
+        return False
+
+
+_limiters: dict[tuple[str, int], KeyedLimiter] = {}
+
+
+def limiter(name: str, per_minute: int) -> KeyedLimiter:
+    """This process's limiter called ``name`` (a new one when the rate setting changed)."""
+    key = (name, per_minute)
+    found = _limiters.get(key)
+    if found is None:
+        found = _limiters[key] = KeyedLimiter(per_minute)
+    return found

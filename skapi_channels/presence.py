@@ -78,7 +78,13 @@ def atomic_with_retry(function: Callable[P, R]) -> Callable[P, R]:
 # Counting primitives; callers hold a transaction and respect the lock order.
 
 
-def _enter_group(cursor: Any, group_name: str, user_id: str, now: datetime) -> None:
+class GroupCreationRefused(Exception):
+    """Raised inside a move to roll it back: it would create a group, and the
+    caller said it may not."""
+
+
+def _enter_group(cursor: Any, group_name: str, user_id: str, now: datetime) -> bool:
+    """Count one more connection of ``user_id`` in the group; True if that created it."""
     membership, group = _table(GroupMembership), _table(RealtimeGroup)
     cursor.execute(
         f"INSERT INTO {membership} (group_name, user_id, connections) VALUES (%s, %s, 1) "
@@ -89,9 +95,12 @@ def _enter_group(cursor: Any, group_name: str, user_id: str, now: datetime) -> N
     if cursor.fetchone()[0] == 1:  # the user's first connection in the group
         cursor.execute(
             f"INSERT INTO {group} (name, number_of_users, created_at) VALUES (%s, 1, %s) "
-            f"ON CONFLICT (name) DO UPDATE SET number_of_users = {group}.number_of_users + 1",
+            f"ON CONFLICT (name) DO UPDATE SET number_of_users = {group}.number_of_users + 1 "
+            f"RETURNING number_of_users",
             [group_name, _db_time(now)],
         )
+        return bool(cursor.fetchone()[0] == 1)
+    return False
 
 
 def _leave_group(cursor: Any, group_name: str, user_id: str) -> None:
@@ -237,27 +246,46 @@ def open_connection(
     return True
 
 
-@atomic_with_retry
-def move_connection(cid: str, user_id: str, old: str | None, new: str | None) -> bool:
+MOVED, GONE, CREATED = "moved", "gone", "created"
+
+
+def move_connection(
+    cid: str, user_id: str, old: str | None, new: str | None, may_create: bool = True
+) -> str | None:
     """Move a connection from group ``old`` to ``new`` (None: no group).
 
-    False when the row is not as expected (it was reaped): nothing changes then.
+    Answers ``CREATED`` when the move created group ``new``, ``MOVED`` otherwise,
+    ``GONE`` when the row is not as expected (it was reaped), and None when it
+    would create a group and ``may_create`` is false; in the last two cases
+    nothing changed.
     """
+    try:
+        return _move_connection(cid, user_id, old, new, may_create)
+    except GroupCreationRefused:
+        return None
+
+
+@atomic_with_retry
+def _move_connection(
+    cid: str, user_id: str, old: str | None, new: str | None, may_create: bool
+) -> str:
     if old == new:
-        return True
+        return MOVED
     updated = Connection.objects.filter(cid=cid, group_name=old).update(group_name=new)
     if updated != 1:
-        return False
+        return GONE
     now = timezone.now()
-    steps: list[tuple[str, Callable[[Any], None]]] = []
-    if old is not None:
-        steps.append((old, lambda cursor: _leave_group(cursor, old, user_id)))
-    if new is not None:
-        steps.append((new, lambda cursor: _enter_group(cursor, new, user_id, now)))
+    created = False
     with connection.cursor() as cursor:
-        for _, step in sorted(steps, key=lambda item: item[0]):
-            step(cursor)
-    return True
+        # Both group rows in name order, so concurrent moves cannot deadlock.
+        for group in sorted(name for name in (old, new) if name is not None):
+            if group == old:
+                _leave_group(cursor, group, user_id)
+            else:
+                created = _enter_group(cursor, group, user_id, now)
+    if created and not may_create:
+        raise GroupCreationRefused(new)
+    return CREATED if created else MOVED
 
 
 @atomic_with_retry

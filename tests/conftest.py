@@ -16,6 +16,7 @@ from django.db.backends import utils as db_utils
 
 from project.asgi import application
 from skapi_channels import presence
+from skapi_channels.limits import _limiters
 from skapi_channels.runtime import runtime
 
 ORIGIN = b"http://localhost"
@@ -116,6 +117,7 @@ def users(make_user: Callable[..., Any]) -> Any:
 async def connect(transactional_db: None) -> AsyncIterator[Callable[..., Any]]:
     """``await connect(user)``: an accepted Client; closed after the test."""
     clients: list[Client] = []
+    _limiters.clear()  # every test starts with fresh handshake and creation budgets
 
     async def open_socket(
         user: Any = None,

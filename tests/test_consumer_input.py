@@ -171,3 +171,26 @@ async def test_a_receiver_too_far_behind_is_closed_with_4009(users, connect):
     for _ in range(2):
         assert (await b.receive())["#code"] == "MISSED_MESSAGES"
     assert await b.receive_close() == 4009
+
+
+@override_settings(SKAPI_CHANNELS={"GROUPS_CREATED_PER_MINUTE": 2})
+async def test_creating_too_many_groups_a_minute_is_refused(users, connect, presence_is_true):
+    a, b = await connect(users.alice), await connect(users.bob)
+    await a.join("one")
+    await a.join("two", 2)
+    answer = await a.request({"action": "joinRoom", "rid": "three", "id": 3})
+    assert answer["#code"] == "RATE_LIMITED" and answer["#id"] == 3
+    assert "at most 2 new groups a minute" in answer["#error"]
+    assert await in_db(snapshot) == sorted([(str(users.alice.pk), "two"), (str(users.bob.pk), None)])
+    # Joining a group that exists is not creating one.
+    await b.join("open")
+    await a.join("open", 4)
+    await in_db(presence_is_true)
+
+
+@override_settings(SKAPI_CHANNELS={"HANDSHAKES_PER_MINUTE": 3})
+async def test_handshakes_per_address_are_limited(users, connect):
+    for _ in range(3):
+        await connect(users.alice)
+    await connect(users.alice, accept=False)
+    assert await in_db(Connection.objects.count) == 3
