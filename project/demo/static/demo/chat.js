@@ -1,0 +1,371 @@
+/*
+ * The demo chat page. Every realtime call goes through the global `skapi`
+ * set up by {% skapi_realtime %}; this file only draws.
+ */
+(function () {
+    'use strict';
+
+    var me = JSON.parse(document.getElementById('me').textContent);
+    var names = JSON.parse(document.getElementById('names').textContent);
+    var $ = function (id) { return document.getElementById(id); };
+
+    var PAGE = 50;
+    var state = {
+        group: null, // the group this page has joined
+        people: {}, // user_id -> [cid, ...] in the joined group
+        loadingPeople: null, // notices queued while the list loads
+        privateTo: null,
+        search: '',
+        groupPages: 1
+    };
+
+    // ------------------------------------------------------------ drawing
+
+    function nameOf(userId) {
+        return names[userId] || 'user ' + userId;
+    }
+
+    function el(tag, className, text) {
+        var node = document.createElement(tag);
+        if (className) {
+            node.className = className;
+        }
+        if (text !== undefined) {
+            node.textContent = text;
+        }
+        return node;
+    }
+
+    function textOf(content) {
+        if (content && typeof content === 'object' && typeof content.text === 'string') {
+            return content.text;
+        }
+        return typeof content === 'string' ? content : JSON.stringify(content);
+    }
+
+    function time() {
+        return new Date().toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+    }
+
+    function log(kind, text, extra) {
+        var list = $('log');
+        var item = el('li', 'entry ' + kind);
+        extra = extra || {};
+        if (extra.code) {
+            item.dataset.code = extra.code;
+        }
+        if (extra.from) {
+            item.appendChild(el('span', 'who', extra.from));
+        }
+        item.appendChild(el('span', 'text', text));
+        item.appendChild(el('time', 'when', time()));
+        var atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+        list.appendChild(item);
+        if (atBottom) {
+            list.scrollTop = list.scrollHeight;
+        }
+    }
+
+    function setStatus(kind, text) {
+        var status = $('status');
+        status.dataset.state = kind;
+        status.textContent = text;
+        $('connect').hidden = kind !== 'closed';
+    }
+
+    function showError(err) {
+        log('system error', (err && err.message) || String(err), { code: err && err.code });
+    }
+
+    function drawRoom() {
+        var joined = state.group !== null;
+        $('room-title').textContent = joined ? state.group : 'No group joined';
+        $('leave').hidden = !joined;
+        var input = document.querySelector('#message-form input');
+        input.disabled = !joined;
+        input.placeholder = joined ? 'Message ' + state.group : 'Join a group to chat';
+        document.querySelector('#message-form button').disabled = !joined;
+    }
+
+    function drawPeople() {
+        var list = $('user-list');
+        list.textContent = '';
+        var ids = Object.keys(state.people).sort(function (a, b) {
+            return nameOf(a).localeCompare(nameOf(b));
+        });
+        ids.forEach(function (userId) {
+            var item = el('li', 'person');
+            item.dataset.userId = userId;
+            var label = nameOf(userId) + (userId === me.user_id ? ' (you)' : '');
+            item.appendChild(el('span', 'name', label));
+            var tabs = state.people[userId].length;
+            if (tabs > 1) {
+                item.appendChild(el('span', 'badge', tabs + ' tabs'));
+            }
+            if (userId !== me.user_id) {
+                var button = el('button', 'small-button', 'Private');
+                button.type = 'button';
+                button.addEventListener('click', function () { openPrivate(userId); });
+                item.appendChild(button);
+            }
+            list.appendChild(item);
+        });
+        $('no-users').hidden = ids.length > 0;
+        $('no-users').textContent = state.group ? 'Nobody else is here yet.' : 'Join a group to see who is here.';
+    }
+
+    function drawGroups(res) {
+        var list = $('group-list');
+        list.textContent = '';
+        res.list.forEach(function (row) {
+            var item = el('li', 'group' + (row.group === state.group ? ' current' : ''));
+            item.dataset.group = row.group;
+            var button = el('button', 'group-button');
+            button.type = 'button';
+            button.appendChild(el('span', 'name', row.group));
+            button.appendChild(el('span', 'count', String(row.number_of_users)));
+            button.title = row.number_of_users + (row.number_of_users === 1 ? ' user' : ' users');
+            button.addEventListener('click', function () { join(row.group); });
+            item.appendChild(button);
+            list.appendChild(item);
+        });
+        $('no-groups').hidden = res.list.length > 0;
+        $('more-groups').hidden = res.endOfList;
+    }
+
+    // ------------------------------------------------------------- groups
+
+    // The groups panel: prefix search with condition '>=', paged by fetchMore.
+    var groupQuery = function () {
+        return state.search ? { searchFor: 'group', value: state.search, condition: '>=' } : { searchFor: 'group' };
+    };
+    var shownGroups = [];
+
+    // `quiet`: the periodic refresh does not fill the log while the server is away.
+    function loadGroups(quiet) {
+        return skapi.getRealtimeGroups(groupQuery(), { limit: PAGE * state.groupPages }).then(function (res) {
+            shownGroups = res.list;
+            drawGroups(res);
+        }, quiet === true ? function () {} : showError);
+    }
+
+    function moreGroups() {
+        skapi.getRealtimeGroups(groupQuery(), { limit: PAGE * state.groupPages, fetchMore: true }).then(function (res) {
+            state.groupPages += 1;
+            shownGroups = shownGroups.concat(res.list);
+            drawGroups({ list: shownGroups, endOfList: res.endOfList });
+        }, showError);
+    }
+
+    var refreshTimer = null;
+    function refreshGroupsSoon() {
+        clearTimeout(refreshTimer);
+        refreshTimer = setTimeout(function () { loadGroups(true); }, 300);
+    }
+
+    // ------------------------------------------------------- participants
+
+    function addPerson(userId, cid) {
+        var cids = state.people[userId] || (state.people[userId] = []);
+        if (cids.indexOf(cid) < 0) {
+            cids.push(cid);
+        }
+    }
+
+    function removePerson(userId, cid) {
+        var cids = state.people[userId];
+        if (!cids) {
+            return;
+        }
+        state.people[userId] = cids.filter(function (c) { return c !== cid; });
+        if (!state.people[userId].length) {
+            delete state.people[userId];
+        }
+    }
+
+    function applyNotice(event) {
+        if (event.code === 'USER_JOINED') {
+            addPerson(event.sender, event.sender_cid);
+        } else if (event.code === 'USER_LEFT' || event.code === 'USER_DISCONNECTED') {
+            removePerson(event.sender, event.sender_cid);
+        }
+    }
+
+    // Every page of getRealtimeUsers; notices that arrive meanwhile are applied after.
+    function loadPeople() {
+        var group = state.group;
+        state.people = {};
+        drawPeople();
+        if (group === null) {
+            return Promise.resolve();
+        }
+        var queued = state.loadingPeople = [];
+        var people = {};
+        var page = function (fetchMore) {
+            return skapi.getRealtimeUsers({ group: group }, { limit: PAGE, fetchMore: fetchMore }).then(function (res) {
+                res.list.forEach(function (row) {
+                    var cids = people[row.user_id] || (people[row.user_id] = []);
+                    cids.push(row.cid);
+                });
+                return res.endOfList ? null : page(true);
+            });
+        };
+        return page(false).then(function () {
+            if (state.group !== group || state.loadingPeople !== queued) {
+                return;
+            }
+            state.people = people;
+            state.loadingPeople = null;
+            queued.forEach(applyNotice);
+            drawPeople();
+        }, showError);
+    }
+
+    // --------------------------------------------------- joining, leaving
+
+    function join(group) {
+        return skapi.joinRealtime({ group: group }).then(function (res) {
+            state.group = group || null;
+            closePrivate();
+            log('system', res.message);
+            drawRoom();
+            refreshGroupsSoon();
+            return loadPeople();
+        }, showError);
+    }
+
+    function openPrivate(userId) {
+        state.privateTo = userId;
+        $('private-to').textContent = nameOf(userId);
+        $('private-form').hidden = false;
+        $('private-text').focus();
+    }
+
+    function closePrivate() {
+        state.privateTo = null;
+        $('private-form').hidden = true;
+    }
+
+    // ------------------------------------------------------ realtime events
+
+    function onEvent(event) {
+        switch (event.type) {
+            case 'success':
+                setStatus('open', 'Connected');
+                log('system', event.message);
+                if (state.group !== null) {
+                    loadPeople(); // the client has rejoined the group
+                }
+                refreshGroupsSoon();
+                break;
+            case 'reconnect':
+                setStatus('reconnecting', 'Reconnecting…');
+                log('system', event.message);
+                break;
+            case 'close':
+                setStatus('closed', 'Disconnected');
+                log('system', event.message);
+                state.group = null;
+                state.people = {};
+                drawRoom();
+                drawPeople();
+                break;
+            case 'error':
+                log('system error', event.message, { code: event.code });
+                if (skapi.state === 'closed') {
+                    setStatus('closed', 'Disconnected');
+                }
+                break;
+            case 'message':
+                log('message' + (event.sender === me.user_id ? ' mine' : ''), textOf(event.message), { from: nameOf(event.sender) });
+                break;
+            case 'private':
+                var from = event.sender === me.user_id ? 'You (private)' : nameOf(event.sender) + ' (private)';
+                log('private' + (event.sender === me.user_id ? ' mine' : ''), textOf(event.message), { from: from });
+                break;
+            case 'notice':
+                if (event.sender_rid === state.group) {
+                    if (state.loadingPeople) {
+                        state.loadingPeople.push(event);
+                    } else {
+                        applyNotice(event);
+                        drawPeople();
+                    }
+                }
+                log('notice', nameOf(event.sender) + ' ' + noticeText(event.code), { code: event.code });
+                refreshGroupsSoon();
+                break;
+        }
+    }
+
+    function noticeText(code) {
+        return {
+            USER_JOINED: 'joined the group.',
+            USER_LEFT: 'left the group.',
+            USER_DISCONNECTED: 'was disconnected.'
+        }[code] || code;
+    }
+
+    function connect() {
+        setStatus('connecting', 'Connecting…');
+        return skapi.connectRealtime(onEvent).catch(function (err) {
+            setStatus('closed', 'Disconnected');
+            showError(err);
+        });
+    }
+
+    // ------------------------------------------------------------- wiring
+
+    $('search-form').addEventListener('submit', function (event) {
+        event.preventDefault();
+        state.search = event.target.elements.value.value.trim();
+        state.groupPages = 1;
+        loadGroups(false);
+    });
+
+    $('more-groups').addEventListener('click', moreGroups);
+
+    $('join-form').addEventListener('submit', function (event) {
+        // joinRealtime reads the form's "group" input, as Skapi does.
+        var form = event.target;
+        var group = form.elements.group.value;
+        skapi.joinRealtime(event).then(function (res) {
+            form.reset();
+            state.group = group || null;
+            closePrivate();
+            log('system', res.message);
+            drawRoom();
+            refreshGroupsSoon();
+            return loadPeople();
+        }, showError);
+    });
+
+    $('leave').addEventListener('click', function () { join(null); });
+
+    $('message-form').addEventListener('submit', function (event) {
+        var form = event.target;
+        skapi.postRealtime(event, state.group).then(function () {
+            form.reset();
+        }, showError);
+    });
+
+    $('private-form').addEventListener('submit', function (event) {
+        var form = event.target;
+        skapi.postRealtime(event, state.privateTo).then(function () {
+            form.reset();
+        }, showError);
+    });
+
+    $('private-cancel').addEventListener('click', closePrivate);
+    $('connect').addEventListener('click', connect);
+
+    drawRoom();
+    drawPeople();
+    connect();
+    loadGroups(false);
+    setInterval(function () {
+        if (!document.hidden) {
+            loadGroups(true);
+        }
+    }, 5000);
+})();

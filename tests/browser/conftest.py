@@ -1,0 +1,90 @@
+"""Fixtures of the browser tests: headless Chromium (Debian's, driven by
+Playwright) and a real daphne. Skipped where Chromium or Playwright is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.browser.harness import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    INSTALL_HINT,
+    PASSWORD,
+    Server,
+    User,
+    sync_playwright,
+)
+
+try:
+    from playwright.sync_api import Browser, BrowserContext
+except ImportError:  # pragma: no cover - depends on the machine
+    pass
+
+
+def chromium_path() -> str | None:
+    return CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium")
+
+
+def skip_unless_ready() -> None:
+    if sync_playwright is None:
+        pytest.skip(f"Playwright is not installed: pip install playwright; {INSTALL_HINT}")
+    if chromium_path() is None:
+        pytest.skip(f"Chromium is not installed at {CHROMIUM}: {INSTALL_HINT}")
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    skip_unless_ready()
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=chromium_path(),
+            args=CHROMIUM_ARGS,
+        )
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    skip_unless_ready()
+    running = Server(tmp_path_factory.mktemp("daphne"))
+    running.prepare()
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def login(browser: Browser, server: Server) -> Iterator[Callable[[str], User]]:
+    """``login("alice")``: a fresh browser context logged in on the chat page."""
+    contexts: list[BrowserContext] = []
+
+    def open_chat(name: str) -> User:
+        context = browser.new_context(viewport={"width": 1280, "height": 800})
+        contexts.append(context)
+        try:
+            context.grant_permissions(["local-network-access"], origin=server.url)
+        except Exception:  # noqa: BLE001 - older Chromium: no such permission
+            pass
+        context.set_default_timeout(10_000)
+        page = context.new_page()
+        page.goto(server.url + "/login/")
+        page.fill("#id_username", name)
+        page.fill("#id_password", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_url(server.url + "/")
+        page.wait_for_selector("#status[data-state=open]")
+        return User(name, context, page)
+
+    yield open_chat
+    for context in contexts:
+        context.close()
