@@ -13,3 +13,7 @@ class SkapiChannelsConfig(AppConfig):
         from skapi_channels.checks import check_settings
 
         checks.register(check_settings)
+
+        from skapi_channels.send_buffer import install_daphne_send_limit
+
+        install_daphne_send_limit()

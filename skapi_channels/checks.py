@@ -40,7 +40,7 @@ def callable_problem(value: Any) -> str | None:
     return None if callable(function) else f"{value!r} is not callable"
 
 
-def check_settings(**kwargs: Any) -> list[CheckMessage]:
+def check_settings(**kwargs: Any) -> list[CheckMessage]:  # noqa: C901
     user = getattr(settings, "SKAPI_CHANNELS", {})
     if not isinstance(user, dict):
         return [
@@ -124,4 +124,13 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
                     id="skapi_channels.E008",
                 )
             )
+    limit = user.get("SEND_BUFFER_LIMIT", DEFAULTS["SEND_BUFFER_LIMIT"])
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        errors.append(
+            Error(
+                f"SKAPI_CHANNELS['SEND_BUFFER_LIMIT'] must be a whole number of bytes, not {limit!r}.",
+                hint="0 turns the limit off; the default is 4 MiB.",
+                id="skapi_channels.E009",
+            )
+        )
     return errors

@@ -24,6 +24,9 @@ DEFAULTS: dict[str, Any] = {
     "HANDSHAKES_PER_MINUTE": 600,
     # Rate-limited frames in a row after which a flooding client is closed (4008).
     "FLOOD_CLOSE_AFTER": 200,
+    # Bytes daphne may buffer for a client that stopped reading before it is
+    # closed with 4009 (send_buffer.py); 0 leaves daphne unbounded.
+    "SEND_BUFFER_LIMIT": 4 * 1024 * 1024,
     # Messages a slow connection may miss in all before it is closed (4009).
     "MISSED_CLOSE_AFTER": 1000,
     # Identity: user -> user_id string, and user_id string -> user (or None).
@@ -87,6 +90,10 @@ class Settings:
     @property
     def FLOOD_CLOSE_AFTER(self) -> int:
         return int(self._get("FLOOD_CLOSE_AFTER"))
+
+    @property
+    def SEND_BUFFER_LIMIT(self) -> int:
+        return int(self._get("SEND_BUFFER_LIMIT"))
 
     @property
     def MISSED_CLOSE_AFTER(self) -> int:

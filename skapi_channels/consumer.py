@@ -60,6 +60,15 @@ class RealtimeConsumer(AsyncConsumer):
     user_id: str = ""
     group: str | None = None
 
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self.cid is not None:
+                # The consumer ended without its disconnect handler (a crash, the
+                # server cancelling it): its rows must not outlive it.
+                await self.leave_presence()
+
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels' dispatch closes stale database connections before every event,
         # a thread hop per delivered message. All database work here runs through
@@ -108,19 +117,22 @@ class RealtimeConsumer(AsyncConsumer):
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         if self.cid is not None:
-            runtime.connections.discard(self)
-            await self.channel_layer.group_discard(user_address(self.user_id), self.channel_name)
-            if self.group is not None:
-                await self.channel_layer.group_discard(
-                    group_address(self.group), self.channel_name
-                )
-            cid, self.cid = self.cid, None
-            departure = await presence.aclose_connection(cid)
-            if departure is not None:
-                if departure.group_name is not None:
-                    await self.notify(USER_DISCONNECTED, departure.group_name, cid=cid)
-                await announce_departure(RealtimeConsumer, departure)
+            await self.leave_presence()
         raise StopConsumer()
+
+    async def leave_presence(self) -> None:
+        """Remove this connection from the layer and the tables, and tell its group."""
+        cid, self.cid = self.cid, None
+        assert cid is not None
+        runtime.connections.discard(self)
+        await self.channel_layer.group_discard(user_address(self.user_id), self.channel_name)
+        if self.group is not None:
+            await self.channel_layer.group_discard(group_address(self.group), self.channel_name)
+        departure = await presence.aclose_connection(cid)
+        if departure is not None:
+            if departure.group_name is not None:
+                await self.notify(USER_DISCONNECTED, departure.group_name, cid=cid)
+            await announce_departure(RealtimeConsumer, departure)
 
     async def close_from_server(self, code: int) -> None:
         await self.base_send({"type": "websocket.close", "code": code})
@@ -246,23 +258,20 @@ class RealtimeConsumer(AsyncConsumer):
             return
         if event.get("skip") == self.channel_name:
             return
-        await self.base_send({"type": "websocket.send", "text": event["text"]})
+        await self.send_text(event["text"])
 
     async def skapi_missed(self, event: dict[str, Any]) -> None:
         """The layer could not deliver ``count`` messages: this receiver is too slow."""
         count = int(event["count"])
         self.missed += count
-        await self.base_send(
-            {
-                "type": "websocket.send",
-                "text": error_frame(
-                    MISSED_MESSAGES,
-                    f"{count} message{'s' if count != 1 else ''} could not be delivered: "
-                    "this connection reads too slowly.",
-                    None,
-                    **{"#missed": count},
-                ),
-            }
+        await self.send_text(
+            error_frame(
+                MISSED_MESSAGES,
+                f"{count} message{'s' if count != 1 else ''} could not be delivered: "
+                "this connection reads too slowly.",
+                None,
+                **{"#missed": count},
+            )
         )
         if self.missed >= conf.MISSED_CLOSE_AFTER:
             await self.close_from_server(CLOSE_TOO_FAR_BEHIND)
@@ -317,9 +326,15 @@ class RealtimeConsumer(AsyncConsumer):
 
     async def ack(self, frame: Frame) -> None:
         if frame.id is not None:
-            await self.base_send({"type": "websocket.send", "text": ack_frame(frame.id)})
+            await self.send_text(ack_frame(frame.id))
 
     async def send_error(self, code: str, sentence: str, frame_id: Any = None) -> None:
-        await self.base_send(
-            {"type": "websocket.send", "text": error_frame(code, sentence, frame_id)}
-        )
+        await self.send_text(error_frame(code, sentence, frame_id))
+
+    async def send_text(self, text: str) -> None:
+        try:
+            await self.base_send({"type": "websocket.send", "text": text})
+        except Exception:
+            # The socket closed under us (servers raise on a send after close);
+            # its disconnect event follows and cleans up.
+            logger.debug("Dropped a frame for closed connection %s", self.cid)
