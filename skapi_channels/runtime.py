@@ -3,31 +3,49 @@
 Started by the first connection in an event loop (ASGI servers such as daphne have
 no startup hook), stopped on shutdown. The reaper runs in every process; any live
 process cleans up after a dead one.
+
+On a graceful shutdown (SIGTERM/SIGINT) the process retires: it removes its own
+rows, sends the notices and deletes its process row. Under daphne this runs from
+a Twisted "before shutdown" trigger, which the reactor awaits; other servers call
+``runtime.retire()`` from their own shutdown hook.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import random
 import secrets
 import socket
-from collections import Counter
+import sys
+import time
+from collections import Counter, deque
 from typing import Any, Protocol
 
+from asgiref.sync import ThreadSensitiveContext
 from channels.layers import get_channel_layer
 from django.utils import timezone
 
 from skapi_channels import presence, signals
-from skapi_channels.addressing import group_address
+from skapi_channels.addressing import group_address, user_address
 from skapi_channels.conf import conf
 from skapi_channels.protocol import USER_DISCONNECTED, notice_frame
 
 logger = logging.getLogger("skapi_channels")
 
+# The counters that count messages, summed into the published time series.
+MESSAGE_COUNTERS = ("group_messages", "private_messages", "server_messages")
+# Points of the series kept: ten minutes at the default 5 s heartbeat.
+SAMPLES_KEPT = 120
+
 
 class LocalConnection(Protocol):
+    channel_name: str
+    user_id: str
+    group: str | None
+
     async def close_from_server(self, code: int) -> None: ...
 
 
@@ -39,10 +57,16 @@ class ServerRuntime:
         self.started_at = timezone.now()
         # Counted in memory, published with the heartbeat, never written per message.
         self.counters: Counter[str] = Counter()
+        # (epoch seconds, open connections, messages so far), one per heartbeat:
+        # the monitoring page draws its charts from these (monitoring.py).
+        self.samples: deque[tuple[float, int, int]] = deque(maxlen=SAMPLES_KEPT)
         self.connections: set[LocalConnection] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._starting: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._shutdown_hooked = False
+        self._recheck: asyncio.Task[None] | None = None
+        self.retired = False
 
     async def ensure_started(self) -> None:
         """Register this process and start its timers, once per event loop."""
@@ -56,8 +80,66 @@ class ServerRuntime:
 
     async def _start(self) -> None:
         await presence.aregister_server(self.id, self.host, self.pid, self.started_at)
+        self.retired = False
+        layer = get_channel_layer()
+        if hasattr(layer, "skapi_on_reconnect"):
+            layer.skapi_on_reconnect = self._layer_reconnected
+        try:
+            await self._check_layer()  # records the layer's epochs before any group_add
+        except Exception as error:
+            logger.warning("Channel layer check failed (%s); next heartbeat retries", error)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._heartbeats()), loop.create_task(self._reaps())]
+        self._hook_shutdown()
+
+    def _hook_shutdown(self) -> None:
+        """Retire on a graceful shutdown of daphne (its Twisted reactor awaits the
+        Deferred of a "before shutdown" trigger, and fires the triggers on SIGTERM
+        and SIGINT)."""
+        if self._shutdown_hooked or "twisted.internet.reactor" not in sys.modules:
+            return
+        from twisted.internet import reactor
+        from twisted.internet.defer import Deferred
+
+        if not reactor.running:
+            return
+
+        async def retire_alone() -> None:
+            # A context of its own: the trigger runs outside any consumer, where
+            # asgiref's shared single-thread executor may be taken ("would deadlock").
+            async with ThreadSensitiveContext():
+                await self.retire()
+
+        def on_shutdown() -> Deferred[None]:
+            loop = asyncio.get_event_loop()
+            task = loop.create_task(retire_alone(), context=contextvars.Context())
+            return Deferred.fromFuture(task)
+
+        reactor.addSystemEventTrigger("before", "shutdown", on_shutdown)
+        self._shutdown_hooked = True
+
+    async def retire(self) -> list[presence.Departure]:
+        """Leave the deployment: stop the timers, remove this process's rows (its
+        connections and its process row, fixing the counts) and send the notices.
+
+        Safe to call more than once; the sockets are left to the server to close."""
+        if self.retired:
+            return []
+        self.retired = True
+        await self.stop()
+        try:
+            departures = await presence.areap_server(self.id, None)
+            logger.info(
+                "Server process %s retired with %d connections", self.id, len(departures)
+            )
+            await send_disconnect_notices(departures)
+            for departure in departures:
+                await announce_departure(ServerRuntime, departure)
+        except Exception:
+            # The reaper of another process cleans up after DEAD_AFTER instead.
+            logger.exception("Server process %s could not retire", self.id)
+            return []
+        return departures
 
     async def stop(self) -> None:
         """Stop the timers (the process row stays until ``retire``)."""
@@ -73,17 +155,59 @@ class ServerRuntime:
         self._starting = None
 
     def stats(self) -> dict[str, Any]:
-        return {"connections": len(self.connections), **self.counters}
+        return {"connections": len(self.connections), **self.counters, "series": list(self.samples)}
+
+    def sample(self) -> None:
+        """Add a point to the time series published with the heartbeat."""
+        messages = sum(self.counters[name] for name in MESSAGE_COUNTERS)
+        self.samples.append((round(time.time(), 3), len(self.connections), messages))
 
     async def _heartbeats(self) -> None:
         while True:
             await asyncio.sleep(conf.HEARTBEAT_INTERVAL)
+            self.sample()
             try:
                 alive = await presence.aheartbeat(self.id, self.stats())
                 if not alive:
                     await self._resurrect()
             except Exception:
                 logger.exception("Heartbeat of server process %s failed", self.id)
+            try:
+                await self._check_layer()
+            except Exception as error:
+                logger.warning("Channel layer check failed (%s); next heartbeat retries", error)
+
+    def _layer_reconnected(self) -> None:
+        """Redis answers again: check at once whether it lost the groups, so few
+        messages go to groups that lack their members."""
+        if self._loop is None or (self._recheck is not None and not self._recheck.done()):
+            return
+        self._recheck = self._loop.create_task(self._recheck_layer())
+
+    async def _recheck_layer(self) -> None:
+        try:
+            await self._check_layer()
+        except Exception as error:
+            logger.warning("Channel layer check failed (%s); next heartbeat retries", error)
+
+    async def _check_layer(self) -> None:
+        """Put the local connections back in their layer groups when the layer lost
+        them (Redis restarted without persistence, or a group change was given up
+        during an outage)."""
+        layer = get_channel_layer()
+        state_lost = getattr(layer, "state_lost", None)
+        if state_lost is None or not await state_lost():
+            return
+        logger.warning(
+            "Adding %d connections to their channel-layer groups again (the layer lost "
+            "its state, or its groups are due for a refresh)",
+            len(self.connections),
+        )
+        self.counters["layer_resyncs"] += 1
+        for local in list(self.connections):
+            await layer.group_add(user_address(local.user_id), local.channel_name)
+            if local.group is not None:
+                await layer.group_add(group_address(local.group), local.channel_name)
 
     async def _resurrect(self) -> None:
         """Our row was reaped while we lived (a long stall): the tables no longer

@@ -20,7 +20,8 @@ async def test_send_to_user_reaches_every_connection_of_that_user(users, connect
     bob_1, bob_2 = await connect(users.bob), await connect(users.bob)
     alice = await connect(users.alice)
     await api.asend_to_user(uid(users.bob), {"text": "export ready"})
-    expected = {"#private": {"text": "export ready"}, "#user_id": None, "#scid": None, "#srid": None}
+    content = {"text": "export ready"}
+    expected = {"#private": content, "#user_id": None, "#scid": None, "#srid": None}
     assert await bob_1.receive() == expected
     assert await bob_2.receive() == expected
     await alice.nothing()
@@ -35,7 +36,8 @@ async def test_send_to_user_on_behalf_of_a_user(users, connect):
 
 
 async def test_broadcast_as_the_server_reaches_the_group_only(users, connect):
-    alice, bob, carol = await connect(users.alice), await connect(users.bob), await connect(users.carol)
+    alice, bob = await connect(users.alice), await connect(users.bob)
+    carol = await connect(users.carol)
     await alice.join("room")
     await bob.join("room")
     assert (await alice.receive())["#code"] == "USER_JOINED"
@@ -82,7 +84,7 @@ def test_sync_forms_refuse_to_run_in_an_event_loop():
     async def inside() -> None:
         api.broadcast("room", "x")
 
-    with pytest.raises(RuntimeError, match="async_to_sync"):
+    with pytest.raises(RuntimeError, match="just await the async function"):
         asyncio.run(inside())
 
 
@@ -136,7 +138,8 @@ async def test_disconnect_connection_by_cid(users, connect):
 
 
 async def test_listings_match_the_endpoints(users, connect, client):
-    alice, bob, carol = await connect(users.alice), await connect(users.bob), await connect(users.carol)
+    alice, bob = await connect(users.alice), await connect(users.bob)
+    carol = await connect(users.carol)
     await alice.join("big")
     await bob.join("big")
     await carol.join("small")

@@ -44,6 +44,7 @@ def test_not_a_dict():
         assert [m.id for m in check_settings()] == ["skapi_channels.E001"]
 
 
+@pytest.mark.django_db  # Django 6's check command also runs the database checks
 def test_manage_py_check_fails_with_the_hint():
     with override_settings(SKAPI_CHANNELS={"RATE_BURST": 0}):
         with pytest.raises(SystemCheckError, match="positive integer"):
