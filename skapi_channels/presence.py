@@ -103,44 +103,34 @@ def _enter_group(cursor: Any, group_name: str, user_id: str, now: datetime) -> b
     return False
 
 
-def _leave_group(cursor: Any, group_name: str, user_id: str) -> None:
-    membership, group = _table(GroupMembership), _table(RealtimeGroup)
+def _decrement(cursor: Any, table: str, counter: str, where: str, params: list[Any]) -> bool:
+    """Take one from ``counter`` of the row ``where`` names, and delete the row when
+    that leaves zero; True when it was deleted."""
     cursor.execute(
-        f"UPDATE {membership} SET connections = connections - 1 "
-        f"WHERE group_name = %s AND user_id = %s RETURNING connections",
-        [group_name, user_id],
+        f"UPDATE {table} SET {counter} = {counter} - 1 WHERE {where} RETURNING {counter}", params
     )
     row = cursor.fetchone()
     if row is None or row[0] > 0:
-        return
-    cursor.execute(
-        f"DELETE FROM {membership} WHERE group_name = %s AND user_id = %s AND connections = 0",
+        return False
+    cursor.execute(f"DELETE FROM {table} WHERE {where} AND {counter} = 0", params)
+    return bool(cursor.rowcount == 1)
+
+
+def _leave_group(cursor: Any, group_name: str, user_id: str) -> None:
+    """Count one connection of ``user_id`` less in the group."""
+    last_of_user = _decrement(
+        cursor,
+        _table(GroupMembership),
+        "connections",
+        "group_name = %s AND user_id = %s",
         [group_name, user_id],
     )
-    cursor.execute(
-        f"UPDATE {group} SET number_of_users = number_of_users - 1 "
-        f"WHERE name = %s RETURNING number_of_users",
-        [group_name],
-    )
-    row = cursor.fetchone()
-    if row is not None and row[0] == 0:
-        cursor.execute(
-            f"DELETE FROM {group} WHERE name = %s AND number_of_users = 0", [group_name]
-        )
+    if last_of_user:
+        _decrement(cursor, _table(RealtimeGroup), "number_of_users", "name = %s", [group_name])
 
 
 def _user_went_offline(cursor: Any, user_id: str) -> None:
-    online = _table(OnlineUser)
-    cursor.execute(
-        f"UPDATE {online} SET connections = connections - 1 WHERE user_id = %s "
-        f"RETURNING connections",
-        [user_id],
-    )
-    row = cursor.fetchone()
-    if row is not None and row[0] == 0:
-        cursor.execute(
-            f"DELETE FROM {online} WHERE user_id = %s AND connections = 0", [user_id]
-        )
+    _decrement(cursor, _table(OnlineUser), "connections", "user_id = %s", [user_id])
 
 
 def _forget(cursor: Any, departures: Iterable[Departure]) -> None:

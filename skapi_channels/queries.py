@@ -247,13 +247,13 @@ def _after(fields: tuple[str, str], key: tuple[Any, Any], ascending: bool) -> Q:
     )
 
 
-def _page(rows: QuerySet, limit: int, item: Any, key: Any) -> Page:
+def _page(rows: QuerySet, limit: int, names: tuple[str, str]) -> Page:
+    """One page of ``rows`` (value tuples) as items named ``names``; the last item,
+    which holds the sort key, is the startKey of the next page."""
     fetched = list(rows[: limit + 1])
-    more = len(fetched) > limit
-    fetched = fetched[:limit]
-    items = [item(row) for row in fetched]
-    if more:
-        return Page(items, key(fetched[-1]), False)
+    items = [dict(zip(names, row, strict=True)) for row in fetched[:limit]]
+    if len(fetched) > limit:
+        return Page(items, dict(items[-1]), False)
     return Page(items, END, True)
 
 
@@ -278,12 +278,7 @@ def list_groups(query: GroupQuery) -> Page:
     if not query.ascending:
         order = ["-" + field for field in order]
     rows = rows.order_by(*order).values_list("name", "number_of_users")
-    return _page(
-        rows,
-        query.limit,
-        lambda row: {"group": row[0], "number_of_users": row[1]},
-        lambda row: {"group": row[0], "number_of_users": row[1]},
-    )
+    return _page(rows, query.limit, ("group", "number_of_users"))
 
 
 def list_users(query: UserQuery) -> Page:
@@ -297,9 +292,4 @@ def list_users(query: UserQuery) -> Page:
         rows = rows.filter(_after(("user_id", "cid"), key, query.ascending))
     order = ["user_id", "cid"] if query.ascending else ["-user_id", "-cid"]
     rows = rows.order_by(*order).values_list("user_id", "cid")
-    return _page(
-        rows,
-        query.limit,
-        lambda row: {"user_id": row[0], "cid": row[1]},
-        lambda row: {"user_id": row[0], "cid": row[1]},
-    )
+    return _page(rows, query.limit, ("user_id", "cid"))
