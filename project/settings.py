@@ -128,9 +128,11 @@ if os.environ.get("REDIS_URL"):
         for unused in ("capacity", "expiry"):
             CHANNEL_LAYERS["default"]["CONFIG"].pop(unused)
 else:
+    # One process: skapi_channels' in-process layer (channels' InMemoryChannelLayer
+    # works too, but is several times slower and drops silently on full queues).
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            "BACKEND": "skapi_channels.local_layer.LocalChannelLayer",
             "CONFIG": {"capacity": 1000, "expiry": 60},
         }
     }
@@ -166,5 +168,7 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"skapi_channels": {"handlers": ["console"], "level": "INFO"}},
+    "loggers": {
+        "skapi_channels": {"handlers": ["console"], "level": "INFO", "propagate": False}
+    },
 }

@@ -268,7 +268,7 @@ class RealtimeConsumer(AsyncConsumer):
             error_frame(
                 MISSED_MESSAGES,
                 f"{count} message{'s' if count != 1 else ''} could not be delivered: "
-                "this connection reads too slowly.",
+                "this connection fell behind.",
                 None,
                 **{"#missed": count},
             )

@@ -13,6 +13,7 @@ a Twisted "before shutdown" trigger, which the reactor awaits; other servers cal
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import os
@@ -115,7 +116,8 @@ class ServerRuntime:
             task = loop.create_task(retire_alone(), context=contextvars.Context())
             return Deferred.fromFuture(task)
 
-        reactor.addSystemEventTrigger("before", "shutdown", on_shutdown)
+        # zope interfaces declare methods without self, which misleads mypy.
+        reactor.addSystemEventTrigger("before", "shutdown", on_shutdown)  # type: ignore[arg-type]
         self._shutdown_hooked = True
 
     async def retire(self) -> list[presence.Departure]:
@@ -144,13 +146,14 @@ class ServerRuntime:
     async def stop(self) -> None:
         """Stop the timers (the process row stays until ``retire``)."""
         tasks, self._tasks = self._tasks, []
+        if self._recheck is not None:
+            tasks.append(self._recheck)
+            self._recheck = None
         for task in tasks:
             task.cancel()
         for task in tasks:
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                pass
         self._loop = None
         self._starting = None
 

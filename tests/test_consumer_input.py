@@ -148,7 +148,7 @@ async def test_a_slow_receiver_is_told_what_it_missed(users, connect):
     missed = 0
     while "#message" not in (frame := await b.receive()):
         assert frame["#code"] == "MISSED_MESSAGES" and frame["#id"] is None
-        assert frame["#error"].endswith("could not be delivered: this connection reads too slowly.")
+        assert frame["#error"].endswith("could not be delivered: this connection fell behind.")
         missed += frame["#missed"]
     assert frame["#message"] == "kept"
     assert missed == 2
