@@ -46,6 +46,8 @@ def test_not_a_dict():
 
 @pytest.mark.django_db  # Django 6's check command also runs the database checks
 def test_manage_py_check_fails_with_the_hint():
-    with override_settings(SKAPI_CHANNELS={"RATE_BURST": 0}):
-        with pytest.raises(SystemCheckError, match="positive integer"):
-            call_command("check")
+    with (
+        override_settings(SKAPI_CHANNELS={"RATE_BURST": 0}),
+        pytest.raises(SystemCheckError, match="positive integer"),
+    ):
+        call_command("check")

@@ -4,6 +4,7 @@ Playwright) and a real daphne. Skipped where Chromium or Playwright is missing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -20,10 +21,8 @@ from tests.browser.harness import (
     sync_playwright,
 )
 
-try:
+with contextlib.suppress(ImportError):  # no playwright: the tests skip
     from playwright.sync_api import Browser, BrowserContext
-except ImportError:  # pragma: no cover - depends on the machine
-    pass
 
 
 def chromium_path() -> str | None:
@@ -37,7 +36,7 @@ def skip_unless_ready() -> None:
         pytest.skip(f"Chromium is not installed at {CHROMIUM}: {INSTALL_HINT}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # playwright runs a loop in this thread: end it here
 def browser() -> Iterator[Browser]:
     skip_unless_ready()
     with sync_playwright() as playwright:
@@ -71,10 +70,10 @@ def login(browser: Browser, server: Server) -> Iterator[Callable[[str], User]]:
     def open_chat(name: str) -> User:
         context = browser.new_context(viewport={"width": 1280, "height": 800})
         contexts.append(context)
-        try:
+        # Chromium 156 may refuse loopback WebSockets from a page without it; older
+        # ones do not know the permission.
+        with contextlib.suppress(Exception):
             context.grant_permissions(["local-network-access"], origin=server.url)
-        except Exception:  # noqa: BLE001 - older Chromium: no such permission
-            pass
         context.set_default_timeout(10_000)
         page = context.new_page()
         page.goto(server.url + "/login/")
