@@ -13,6 +13,7 @@ import secrets
 from typing import Any
 
 from channels.consumer import AsyncConsumer, get_handler_name
+from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 
 from skapi_channels import presence, signals
@@ -90,7 +91,8 @@ class RealtimeConsumer(AsyncConsumer):
         user = await authenticate(self.scope)
         if user is None:
             return await self.refuse()
-        user_id = conf.USER_ID_FUNCTION(user)
+        # The project's function may read the database: run it off the event loop.
+        user_id = str(await database_sync_to_async(conf.USER_ID_FUNCTION)(user))
         await runtime.ensure_started()
         cid = secrets.token_urlsafe(16)
         opened = await presence.aopen_connection(
