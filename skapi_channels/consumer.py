@@ -14,7 +14,7 @@ from typing import Any
 
 from channels.consumer import AsyncConsumer, get_handler_name
 from channels.db import database_sync_to_async
-from channels.exceptions import StopConsumer
+from channels.exceptions import ChannelFull, StopConsumer
 
 from skapi_channels import presence, signals
 from skapi_channels.addressing import group_address, user_address
@@ -60,6 +60,12 @@ class RealtimeConsumer(AsyncConsumer):
     cid: str | None = None
     user_id: str = ""
     group: str | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Groups left whose events may still wait in this channel's queue, with the
+        # number of drain markers on their way (see ``leave_layer_group``).
+        self.draining: dict[str, int] = {}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
@@ -174,7 +180,7 @@ class RealtimeConsumer(AsyncConsumer):
     async def send_message(self, frame: Frame) -> None:
         uid = frame.target or ""
         if not presence.user_known(uid) and not await presence.auser_exists(
-            uid, conf.USER_LOOKUP_FUNCTION, conf.USER_CACHE_SECONDS
+            uid, conf.USER_LOOKUP_FUNCTION, conf.USER_CACHE_SECONDS, conf.USER_ID_FUNCTION
         ):
             raise FrameError(INVALID_REQUEST, not_joined_sentence(uid), frame.id)
         refusal = await ask(conf.AUTHORIZE_MESSAGE, self.user_id, uid)
@@ -231,13 +237,26 @@ class RealtimeConsumer(AsyncConsumer):
                 creations.take(self.user_id)
             self.group = new
             if old is not None:
-                await self.channel_layer.group_discard(group_address(old), self.channel_name)
+                await self.leave_layer_group(old)
                 await self.notify(USER_LEFT, old)
             if new is not None:
                 await self.channel_layer.group_add(group_address(new), self.channel_name)
                 await self.notify(USER_JOINED, new, skip=self.channel_name)
             await self.announce_move(old, new)
         await self.ack(frame)
+
+    async def leave_layer_group(self, group: str) -> None:
+        """Stop receiving ``group``, but still deliver what it sent while this
+        connection was a member (owed, PROTOCOL 10) and waits in the queue: a
+        marker sent to ourselves after the discard tells where that ends."""
+        await self.channel_layer.group_discard(group_address(group), self.channel_name)
+        try:
+            await self.channel_layer.send(
+                self.channel_name, {"type": "skapi.drained", "rid": group}
+            )
+        except ChannelFull:
+            return  # nothing more can be queued for us either
+        self.draining[group] = self.draining.get(group, 0) + 1
 
     async def keep_alive(self, frame: Frame) -> None:
         await self.ack(frame)
@@ -252,15 +271,23 @@ class RealtimeConsumer(AsyncConsumer):
     # Channel-layer events.
 
     async def skapi_frame(self, event: dict[str, Any]) -> None:
-        # A connection that left the group (or the user) while the event was in
-        # flight does not get it; the names also guard against address collisions.
-        if "rid" in event and event["rid"] != self.group:
+        # Only events of this connection's group (or of one it left, still queued)
+        # and user: the names guard against layer-address collisions.
+        if "rid" in event and event["rid"] != self.group and event["rid"] not in self.draining:
             return
         if "uid" in event and event["uid"] != self.user_id:
             return
         if event.get("skip") == self.channel_name:
             return
         await self.send_text(event["text"])
+
+    async def skapi_drained(self, event: dict[str, Any]) -> None:
+        group = event["rid"]
+        left = self.draining.get(group, 0) - 1
+        if left > 0:
+            self.draining[group] = left
+        else:
+            self.draining.pop(group, None)
 
     async def skapi_missed(self, event: dict[str, Any]) -> None:
         """The layer could not deliver ``count`` messages: this receiver is too slow."""

@@ -300,13 +300,23 @@ _known_users: dict[str, float] = {}
 _KNOWN_USERS_MAX = 10_000
 
 
-def user_exists(user_id: str, lookup: Callable[[str], Any], cache_seconds: float) -> bool:
-    """Whether ``user_id`` names a user; positive answers are cached per process."""
+def user_exists(
+    user_id: str,
+    lookup: Callable[[str], Any],
+    cache_seconds: float,
+    id_of: Callable[[Any], Any] = str,
+) -> bool:
+    """Whether ``user_id`` names a user; positive answers are cached per process.
+
+    The user found must have exactly this user_id: a lookup may accept look-alikes
+    ("07" or " 7" for 7), which name no user on the wire.
+    """
     now = time.monotonic()
     expires = _known_users.get(user_id)
     if expires is not None and expires > now:
         return True
-    if lookup(user_id) is None:
+    user = lookup(user_id)
+    if user is None or str(id_of(user)) != user_id:
         _known_users.pop(user_id, None)
         return False
     if len(_known_users) >= _KNOWN_USERS_MAX:

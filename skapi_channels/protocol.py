@@ -87,14 +87,19 @@ def group_name_problem(value: Any, max_length: int) -> str | None:
     return None
 
 
-def user_id_problem(value: Any) -> str | None:
+def storable(value: str) -> bool:
+    """Whether a database can hold ``value``: no NUL, no lone surrogate."""
+    return "\x00" not in value and not any(0xD800 <= ord(char) <= 0xDFFF for char in value)
+
+
+def user_id_problem(value: Any, name: str = "uid") -> str | None:
     """Why ``value`` is not a possible user_id, or None."""
     if not isinstance(value, str):
-        return f"uid must be a string, not {json_type(value)}."
+        return f"{name} must be a string, not {json_type(value)}."
     if not 1 <= len(value) <= MAX_USER_ID_LENGTH:
-        return f"uid must be 1 to {MAX_USER_ID_LENGTH} characters long."
-    if any(0xD800 <= ord(char) <= 0xDFFF for char in value):
-        return "uid must be valid Unicode."
+        return f"{name} must be 1 to {MAX_USER_ID_LENGTH} characters long."
+    if not storable(value):
+        return f"{name} must be valid Unicode without NUL characters."
     return None
 
 
@@ -133,7 +138,11 @@ def parse_frame(text: str, max_group_name_length: int) -> Frame:
     """Parse and validate one text frame; raises FrameError with what was wrong."""
     try:
         data = loads(text)
-    except (ValueError, RecursionError):
+    except RecursionError:
+        raise FrameError(
+            INVALID_REQUEST, "Frame is nested too deeply to be read.", top_level_id(text)
+        ) from None
+    except ValueError:
         raise FrameError(INVALID_REQUEST, "Frame is not valid JSON.") from None
     if not isinstance(data, dict):
         raise FrameError(INVALID_REQUEST, f"Frame must be a JSON object, not {json_type(data)}.")
@@ -168,6 +177,9 @@ def parse_frame(text: str, max_group_name_length: int) -> Frame:
             raise FrameError(
                 INVALID_PARAMETER, f"rid must be a string, not {json_type(rid)}.", frame_id
             )
+        problem = group_name_problem(rid, max_group_name_length)
+        if problem:
+            raise FrameError(INVALID_PARAMETER, problem, frame_id)
         return Frame(action, frame_id, rid, data["content"])
     if "uid" not in data:
         raise FrameError(INVALID_PARAMETER, "sendMessage needs a uid field.", frame_id)
@@ -182,8 +194,51 @@ def id_of_unparsed(text: str) -> FrameId:
     try:
         data = loads(text)
         return read_id(data) if isinstance(data, dict) else None
-    except (ValueError, RecursionError, FrameError):
+    except RecursionError:
+        return top_level_id(text)
+    except (ValueError, FrameError):
         return None
+
+
+_SCALAR = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
+def top_level_id(text: str) -> FrameId:
+    """The valid ``id`` of a JSON object too deeply nested to parse, found without
+    recursion: nested values are skipped by counting brackets outside strings."""
+    depth, index, length = 0, 0, len(text)
+    expect_key = False
+    while index < length:
+        char = text[index]
+        if char == '"':
+            try:
+                string, end = _SCALAR.raw_decode(text, index)
+            except ValueError:
+                return None
+            if depth == 1 and expect_key and string == "id":
+                colon = text.find(":", end)
+                if colon < 0 or text[end:colon].strip():
+                    return None
+                start = colon + 1
+                while start < length and text[start] in " \t\r\n":
+                    start += 1
+                try:
+                    value, _ = _SCALAR.raw_decode(text, start)
+                    return read_id({"id": value})
+                except (ValueError, RecursionError, FrameError):
+                    return None
+            expect_key = False
+            index = end
+            continue
+        if char in "[{":
+            depth += 1
+            expect_key = char == "{" and depth == 1
+        elif char in "]}":
+            depth -= 1
+        elif char == "," and depth == 1:
+            expect_key = True
+        index += 1
+    return None
 
 
 # Server frames.

@@ -16,7 +16,7 @@ from django.db.models import Q, QuerySet
 
 from skapi_channels.conf import conf
 from skapi_channels.models import Connection, RealtimeGroup
-from skapi_channels.protocol import group_name_problem, json_type
+from skapi_channels.protocol import group_name_problem, json_type, storable, user_id_problem
 
 CONDITIONS = {
     "=": "eq", "eq": "eq",
@@ -95,7 +95,10 @@ def _start_key(value: Any, fields: dict[str, type]) -> dict[str, Any] | str | No
         not isinstance(value, dict)
         or set(value) != set(fields)
         or any(
-            not isinstance(value[name], kind) or isinstance(value[name], bool)
+            not isinstance(value[name], kind)
+            or isinstance(value[name], bool)
+            or (isinstance(value[name], str) and not storable(value[name]))
+            or (isinstance(value[name], int) and not 0 <= value[name] <= COUNT_CEILING)
             for name, kind in fields.items()
         )
     ):
@@ -161,10 +164,10 @@ def parse_user_query(body: dict[str, Any]) -> UserQuery:
     user_id = body.get("user_id")
     if user_id == "":
         user_id = None
-    if user_id is not None and (
-        not isinstance(user_id, str) or any(0xD800 <= ord(c) <= 0xDFFF for c in user_id)
-    ):
-        raise InvalidParameter(f"user_id must be a string, not {json_type(user_id)}.")
+    if user_id is not None:
+        problem = user_id_problem(user_id, "user_id")
+        if problem:
+            raise InvalidParameter(problem)
     limit, ascending = _paging(body)
     start_key = _start_key(body.get("startKey"), {"user_id": str, "cid": str})
     return UserQuery(group, user_id, limit, ascending, start_key)
