@@ -1,0 +1,532 @@
+"""The load generator: one process of asyncio WebSocket clients (and, for the
+listing scenario, a keep-alive HTTP client), driven by a JSON spec.
+
+``python bench/loadgen.py SPEC.json`` prints one JSON object with the results.
+Every wait is bounded, so a run always ends.
+
+The WebSocket client is a minimal RFC 6455 client on ``asyncio.Protocol``: the
+``websockets`` client costs several times more CPU per frame, and on a 2-core
+machine the load generator would otherwise bound what it measures. It sends
+masked text frames (zero mask key) and reads unmasked, unfragmented-or-fragmented
+text frames, answering pings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import http.client
+import json
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+Handler = Callable[[Any], None]
+perf = time.perf_counter
+
+
+class WSProtocol(asyncio.Protocol):
+    def __init__(self, on_text: Callable[[bytes], None]) -> None:
+        self.on_text = on_text
+        self.buf = bytearray()
+        self.fragments: list[bytes] = []
+        self.transport: asyncio.Transport | None = None
+        self.handshaken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.handshaken.done():
+            self.handshaken.set_exception(ConnectionError("connection lost in handshake"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if not self.handshaken.done():
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(self.buf[:end])
+            del self.buf[: end + 4]
+            status = head.split(b" ", 2)[1]
+            if status != b"101":
+                self.handshaken.set_exception(ConnectionError(f"handshake status {status!r}"))
+                assert self.transport is not None
+                self.transport.close()
+                return
+            self.handshaken.set_result(None)
+        self._frames()
+
+    def _frames(self) -> None:
+        buf = self.buf
+        pos, size = 0, len(buf)
+        while size - pos >= 2:
+            b0, b1 = buf[pos], buf[pos + 1]
+            length, head = b1 & 0x7F, 2
+            if length == 126:
+                if size - pos < 4:
+                    break
+                length, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
+            elif length == 127:
+                if size - pos < 10:
+                    break
+                length, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
+            if size - pos < head + length:
+                break
+            payload = bytes(buf[pos + head : pos + head + length])
+            pos += head + length
+            opcode = b0 & 0x0F
+            if opcode in (0, 1, 2):
+                if not b0 & 0x80:
+                    self.fragments.append(payload)
+                    continue
+                if self.fragments:
+                    payload = b"".join(self.fragments) + payload
+                    self.fragments.clear()
+                self.on_text(payload)
+            elif opcode == 9:
+                self._send(0xA, payload)
+            elif opcode == 8:
+                self._send(0x8, payload[:2])
+                assert self.transport is not None
+                self.transport.close()
+        del buf[:pos]
+
+    def _send(self, opcode: int, data: bytes) -> None:
+        length = len(data)
+        if length < 126:
+            head = bytes((0x80 | opcode, 0x80 | length))
+        elif length < 65536:
+            head = bytes((0x80 | opcode, 0x80 | 126)) + length.to_bytes(2, "big")
+        else:
+            head = bytes((0x80 | opcode, 0x80 | 127)) + length.to_bytes(8, "big")
+        assert self.transport is not None
+        # A zero mask key: masking is then the identity (valid, if not for browsers).
+        self.transport.write(head + b"\0\0\0\0" + data)
+
+    def send_text(self, text: str) -> None:
+        self._send(0x1, text.encode())
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self._send(0x8, (1000).to_bytes(2, "big"))
+
+
+class Client:
+    """One socket speaking the app's protocol ("app") or the baselines' ("bare")."""
+
+    def __init__(self, kind: str, stats: dict[str, int]) -> None:
+        self.kind = kind
+        self.stats = stats
+        self.pending: dict[int, asyncio.Future[None]] = {}
+        self.next_id = 0
+        self.on_content: Handler = lambda content: None
+        self.protocol: WSProtocol | None = None
+
+    async def connect(self, host: str, port: int, path: str) -> None:
+        loop = asyncio.get_running_loop()
+        _, protocol = await loop.create_connection(lambda: WSProtocol(self._text), host, port)
+        self.protocol = protocol
+        key = base64.b64encode(os.urandom(16)).decode()
+        protocol.transport.write(  # type: ignore[union-attr]
+            (
+                f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        await asyncio.wait_for(protocol.handshaken, 30)
+
+    def _text(self, payload: bytes) -> None:
+        self.stats["frames"] += 1
+        frame = json.loads(payload)
+        if self.kind == "app":
+            if "#ack" in frame:
+                self._resolve(frame["#ack"], None)
+            elif "#message" in frame:
+                self.on_content(frame["#message"])
+            elif "#private" in frame:
+                self.on_content(frame["#private"])
+            elif "#error" in frame:
+                self.stats["errors"] += 1
+                if self.stats["errors"] <= 3:
+                    print("server error:", frame, file=sys.stderr)
+                self._resolve(frame.get("#id"), RuntimeError(frame["#error"]))
+            else:
+                self.stats["notices"] += 1
+        elif "ok" in frame:
+            self._resolve(frame["ok"], None)
+        else:
+            self.on_content(frame["c"])
+
+    def _resolve(self, frame_id: Any, error: Exception | None) -> None:
+        future = self.pending.pop(frame_id, None)
+        if future is not None and not future.done():
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+
+    def send(self, frame: dict[str, Any]) -> None:
+        assert self.protocol is not None
+        self.protocol.send_text(json.dumps(frame, separators=(",", ":")))
+
+    def _id(self) -> int:
+        self.next_id += 1
+        return self.next_id
+
+    async def join(self, group: str | None) -> None:
+        frame_id = self._id()
+        future = asyncio.get_running_loop().create_future()
+        self.pending[frame_id] = future
+        if self.kind == "app":
+            self.send({"action": "joinRoom", "rid": group, "id": frame_id})
+        else:
+            self.send({"join": group, "id": frame_id})
+        await asyncio.wait_for(future, 30)
+
+    def broadcast(self, group: str, content: Any) -> None:
+        if self.kind == "app":
+            self.send({"action": "broadcast", "rid": group, "content": content, "id": self._id()})
+        else:
+            self.send({"g": group, "c": content})
+
+    def private(self, user_id: str, content: Any) -> None:
+        if self.kind == "app":
+            self.send(
+                {"action": "sendMessage", "uid": user_id, "content": content, "id": self._id()}
+            )
+        else:
+            self.send({"u": user_id, "c": content})
+
+    def close(self) -> None:
+        if self.protocol is not None:
+            self.protocol.close()
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50_ms": None, "p99_ms": None}
+    ordered = sorted(values)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {"p50_ms": round(pick(0.50) * 1000, 3), "p99_ms": round(pick(0.99) * 1000, 3)}
+
+
+class Run:
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.kind = spec["proto"]
+        self.host = spec.get("host", "127.0.0.1")
+        self.ports: list[int] = spec["ports"]
+        self.path: str = spec["path"]
+        self.users: list[dict[str, str]] = spec.get("users", [])
+        self.stats = {"frames": 0, "errors": 0, "notices": 0}
+        self.clients: list[Client] = []
+
+    def url(self, index: int, group: str | None = None) -> tuple[int, str, str]:
+        """Port, path and user_id of client ``index`` (users are reused round-robin)."""
+        port = self.ports[index % len(self.ports)]
+        if self.kind == "app":
+            user = self.users[index % len(self.users)]
+            return port, f"{self.path}?token={user['token']}", user["user_id"]
+        user_id = f"b{index}"
+        query = f"?user={user_id}" + (f"&group={group}" if group else "")
+        return port, self.path + query, user_id
+
+    async def open(self, indices: list[int], group: str | None = None) -> list[tuple[Client, str]]:
+        limit = asyncio.Semaphore(50)
+
+        async def one(index: int) -> tuple[Client, str]:
+            port, path, user_id = self.url(index, group)
+            client = Client(self.kind, self.stats)
+            async with limit:
+                await client.connect(self.host, port, path)
+            self.clients.append(client)
+            return client, user_id
+
+        return list(await asyncio.gather(*(one(i) for i in indices)))
+
+    async def quiet(self, period: float = 0.5, limit: float = 120) -> None:
+        """Wait until no frame has arrived for ``period`` seconds."""
+        deadline = perf() + limit
+        last = -1
+        while perf() < deadline:
+            if self.stats["frames"] == last:
+                return
+            last = self.stats["frames"]
+            await asyncio.sleep(period)
+
+    async def close_all(self) -> None:
+        for client in self.clients:
+            client.close()
+        waits = [c.protocol.closed for c in self.clients if c.protocol is not None]
+        if waits:
+            await asyncio.wait(waits, timeout=10)
+
+    # Scenarios.
+
+    async def fanout(self) -> dict[str, Any]:
+        n, m, window = self.spec["n"], self.spec["messages"], self.spec.get("window", 10)
+        bare_group = "fan" if self.kind == "bare" else None
+        ((sender, _),) = await self.open([0], bare_group)
+        receivers = await self.open(list(range(1, n + 1)), bare_group)
+        t_setup = perf()
+        if self.kind == "app":
+            await sender.join("fan")
+            limit = asyncio.Semaphore(20)
+
+            async def join(client: Client) -> None:
+                async with limit:
+                    await client.join("fan")
+
+            await asyncio.gather(*(join(c) for c, _ in receivers))
+        await self.quiet()
+        setup = perf() - t_setup
+        if self.spec.get("ready_file"):  # lets a profiler start after the set-up
+            open(self.spec["ready_file"], "w").close()  # noqa: ASYNC230 - once, tiny
+        counts = [0] * m
+        latencies: list[float] = []
+        state = {"low": 0, "last": 0.0}
+        progress = asyncio.Event()
+
+        def on_content(content: Any) -> None:
+            now = perf()
+            seq = content["s"]
+            latencies.append(now - content["t"])
+            counts[seq] += 1
+            state["last"] = now
+            if counts[seq] == n and seq == state["low"]:
+                while state["low"] < m and counts[state["low"]] >= n:
+                    state["low"] += 1
+                progress.set()
+
+        for client, _ in receivers:
+            client.on_content = on_content
+        start = perf()
+        for seq in range(m):
+            while seq - state["low"] >= window:
+                progress.clear()
+                try:
+                    await asyncio.wait_for(progress.wait(), 2)
+                except TimeoutError:
+                    state["low"] += 1  # give up on the oldest: counted as lost below
+            sender.broadcast("fan", {"s": seq, "t": perf()})
+        await self._drain(lambda: sum(counts) >= n * m, state)
+        elapsed = max(state["last"], start + 1e-9) - start
+        delivered = sum(counts)
+        return {
+            "n": n,
+            "messages": m,
+            "setup_s": round(setup, 2),
+            "deliveries": delivered,
+            "deliveries_per_s": round(delivered / elapsed, 1),
+            "lost": n * m - delivered,
+            **percentiles(latencies),
+        }
+
+    async def _drain(self, done: Callable[[], bool], state: dict[str, Any]) -> None:
+        """Wait for the last deliveries: until ``done`` or 3 s without progress."""
+        last_frames, idle_since = -1, perf()
+        while not done():
+            await asyncio.sleep(0.05)
+            if self.stats["frames"] != last_frames:
+                last_frames, idle_since = self.stats["frames"], perf()
+            elif perf() - idle_since > 3:
+                break
+
+    async def private(self) -> dict[str, Any]:
+        pairs, m, window = self.spec["pairs"], self.spec["messages"], self.spec.get("window", 5)
+        # Sender i and receiver i sit on different server processes when there are two.
+        senders = await self.open([2 * i for i in range(pairs)])
+        receivers = await self.open([2 * i + 1 for i in range(pairs)])
+        latencies: list[float] = []
+        received = [0] * pairs
+        events = [asyncio.Event() for _ in range(pairs)]
+        state = {"last": 0.0}
+
+        def handler(pair: int) -> Handler:
+            def on_content(content: Any) -> None:
+                now = perf()
+                latencies.append(now - content["t"])
+                received[pair] += 1
+                state["last"] = now
+                events[pair].set()
+
+            return on_content
+
+        for pair, (client, _) in enumerate(receivers):
+            client.on_content = handler(pair)
+
+        async def pump(pair: int) -> None:
+            sender, target = senders[pair][0], receivers[pair][1]
+            for seq in range(m):
+                while seq - received[pair] >= window:
+                    events[pair].clear()
+                    try:
+                        await asyncio.wait_for(events[pair].wait(), 2)
+                    except TimeoutError:
+                        return
+                sender.private(target, {"s": seq, "t": perf()})
+
+        start = perf()
+        await asyncio.gather(*(pump(p) for p in range(pairs)))
+        await self._drain(lambda: sum(received) >= pairs * m, state)
+        elapsed = max(state["last"], start + 1e-9) - start
+        delivered = sum(received)
+        return {
+            "pairs": pairs,
+            "messages": m,
+            "deliveries": delivered,
+            "deliveries_per_s": round(delivered / elapsed, 1),
+            "lost": pairs * m - delivered,
+            **percentiles(latencies),
+        }
+
+    async def churn(self) -> dict[str, Any]:
+        count, groups, duration = self.spec["clients"], self.spec["groups"], self.spec["seconds"]
+        # Two connections per user, so that distinct-user counting is exercised.
+        if self.kind == "app":
+            self.users = self.users[: max(1, count // 2)]
+        clients = await self.open(list(range(count)))
+        latencies: list[float] = []
+        ops = [0]
+        failures = [0]
+        deadline = perf() + duration
+
+        async def loop(index: int, client: Client) -> None:
+            step = index
+            while perf() < deadline:
+                a, b = f"churn{step % groups}", f"churn{(step + 1) % groups}"
+                for target in (a, b, None):
+                    began = perf()
+                    try:
+                        await client.join(target)
+                    except (RuntimeError, TimeoutError):
+                        failures[0] += 1
+                        continue
+                    latencies.append(perf() - began)
+                    ops[0] += 1
+                step += 1
+            # End in a group for half of the clients, so the check sees members.
+            if index % 2:
+                await client.join(f"churn{index % groups}")
+
+        start = perf()
+        await asyncio.gather(*(loop(i, c) for i, (c, _) in enumerate(clients)))
+        elapsed = perf() - start
+        await self.quiet(0.3, 10)
+        result: dict[str, Any] = {
+            "clients": count,
+            "groups": groups,
+            "ops": ops[0],
+            "ops_per_s": round(ops[0] / elapsed, 1),
+            "failures": failures[0],
+            **percentiles(latencies),
+        }
+        if self.spec.get("check_cmd"):
+            process = await asyncio.create_subprocess_exec(
+                *self.spec["check_cmd"], stdout=asyncio.subprocess.PIPE, env=self.spec["check_env"]
+            )
+            out, _ = await asyncio.wait_for(process.communicate(), 120)
+            result["presence_check"] = json.loads(out.decode().strip().splitlines()[-1])
+        return result
+
+    async def memory(self) -> dict[str, Any]:
+        count, warm = self.spec["connections"], self.spec.get("warm", 20)
+        pids: list[int] = self.spec["pids"]
+        await self.open(list(range(warm)))
+        await asyncio.sleep(1.0)
+        before = sum(rss_kib(pid) for pid in pids)
+        await self.open(list(range(warm, count)))
+        await asyncio.sleep(2.0)
+        after = sum(rss_kib(pid) for pid in pids)
+        return {
+            "connections": count,
+            "rss_before_mib": round(before / 1024, 1),
+            "rss_after_mib": round(after / 1024, 1),
+            "kib_per_connection": round((after - before) / (count - warm), 2),
+        }
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def listing(spec: dict[str, Any]) -> dict[str, Any]:
+    """Sequential keep-alive requests: first page, and page 50 reached by startKeys."""
+    conn = http.client.HTTPConnection(spec.get("host", "127.0.0.1"), spec["ports"][0], timeout=30)
+    headers = {"Authorization": f"Bearer {spec['token']}", "Content-Type": "application/json"}
+
+    def post(path: str, body: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+        data = json.dumps(body)
+        began = perf()
+        conn.request("POST", path, data, headers)
+        response = conn.getresponse()
+        answer = response.read()
+        took = perf() - began
+        if response.status != 200:
+            raise RuntimeError(f"{path} {body}: {response.status} {answer[:200]!r}")
+        return took, json.loads(answer)
+
+    repeats, depth = spec["repeats"], spec.get("depth", 50)
+    results = []
+    for case in spec["cases"]:
+        path, body = case["path"], case["body"]
+        post(path, body)  # warm
+        first = [post(path, body)[0] for _ in range(repeats)]
+        row: dict[str, Any] = {"case": case["name"], "first": percentiles(first)}
+        key, pages = None, 1
+        answer: dict[str, Any] = {"endOfList": False}
+        while pages < depth:
+            _, answer = post(path, {**body, "startKey": key} if key else body)
+            if answer["endOfList"]:
+                break
+            key, pages = answer["startKey"], pages + 1
+        if pages == depth:
+            deep = [post(path, {**body, "startKey": key})[0] for _ in range(repeats)]
+            row[f"page{depth}"] = percentiles(deep)
+        else:
+            row[f"page{depth}"] = None  # fewer rows than that many pages
+        results.append(row)
+    conn.close()
+    return {"cases": results}
+
+
+async def main_async(spec: dict[str, Any]) -> dict[str, Any]:
+    run = Run(spec)
+    try:
+        return await asyncio.wait_for(getattr(run, spec["scenario"])(), spec.get("timeout", 300))
+    finally:
+        await run.close_all()
+        run_stats = dict(run.stats)
+        spec["_stats"] = run_stats
+
+
+def main() -> None:
+    with open(sys.argv[1]) as file:
+        spec = json.load(file)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    cpu0, wall0 = time.process_time(), perf()
+    if spec["scenario"] == "listing":
+        result = listing(spec)
+    else:
+        result = asyncio.run(main_async(spec))
+        result["errors"] = spec["_stats"]["errors"]
+    wall = perf() - wall0
+    result["loadgen_cpu_share"] = round((time.process_time() - cpu0) / wall, 2) if wall else None
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
