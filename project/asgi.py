@@ -7,7 +7,6 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from skapi_channels.routing import websocket_urlpatterns  # noqa: E402
@@ -15,6 +14,7 @@ from skapi_channels.routing import websocket_urlpatterns  # noqa: E402
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
+        # The consumer reads the session cookie (or ?token=) itself at the handshake.
+        "websocket": URLRouter(websocket_urlpatterns),
     }
 )

@@ -94,11 +94,24 @@ if os.environ.get("DATABASE_URL"):
             os.environ["DATABASE_URL"], conn_max_age=60, conn_health_checks=True
         )
     }
+    if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+        # Under ASGI each HTTP request runs in a thread of its own, so a persistent
+        # connection would still be opened per request: a pool reuses them (Django
+        # checks each one it hands out, so a process outlives a database restart).
+        DATABASES["default"].update(CONN_MAX_AGE=0, CONN_HEALTH_CHECKS=False)
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": 1,
+            "max_size": int(os.environ.get("DATABASE_POOL_SIZE", "10")),
+            "timeout": 10,
+        }
 else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": SQLITE_PATH,
+            # Keep the database thread's connection: reopening it for every
+            # presence write (and re-running the PRAGMAs) was most of a join's cost.
+            "CONN_MAX_AGE": None,
             "OPTIONS": SQLITE_OPTIONS,
             "TEST": {"NAME": str(BASE_DIR / "test-db.sqlite3")},
         }

@@ -57,7 +57,9 @@ class Settings:
     """Typed access to ``settings.SKAPI_CHANNELS``, with defaults."""
 
     def _get(self, name: str) -> Any:
-        user = getattr(settings, "SKAPI_CHANNELS", None) or {}
+        user = getattr(settings, "SKAPI_CHANNELS", None)
+        if not isinstance(user, dict):  # reported by the system check E001
+            return DEFAULTS[name]
         return user.get(name, DEFAULTS[name])
 
     @property

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from importlib import import_module
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from channels.db import database_sync_to_async
 from django.conf import settings
-from django.contrib.auth import get_user_model
+from django.contrib.auth import get_user, get_user_model
 from django.core.exceptions import ValidationError
+from django.http import parse_cookie
 from django.http.request import validate_host
 
 from skapi_channels.tokens import read_token
@@ -60,13 +63,32 @@ def active_user(user_pk: str) -> Any | None:
 aactive_user = database_sync_to_async(active_user)
 
 
+def session_user(cookie_header: str | None) -> Any | None:
+    """The logged-in user of the session the cookies name, or None.
+
+    Read once at the handshake, so the socket needs no session middleware (whose
+    wrapper would otherwise run on every frame sent).
+    """
+    if not cookie_header:
+        return None
+    session_key = parse_cookie(cookie_header).get(settings.SESSION_COOKIE_NAME)
+    if not session_key:
+        return None
+    store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    user = get_user(SimpleNamespace(session=store))  # verifies the session's auth hash
+    return user if user.is_authenticated and user.is_active else None
+
+
+asession_user = database_sync_to_async(session_user)
+
+
 async def authenticate(scope: dict[str, Any]) -> Any | None:
     """The user of a handshake, or None. A ``?token=`` decides over the session."""
     token = query_token(scope)
     if token is not None:
         user_pk = read_token(token)
         return None if user_pk is None else await aactive_user(user_pk)
-    user = scope.get("user")
-    if user is None or not user.is_authenticated:
-        return None
-    return user
+    user = scope.get("user")  # set when the route is wrapped in AuthMiddlewareStack
+    if user is not None:
+        return user if user.is_authenticated else None
+    return await asession_user(header(scope, b"cookie"))

@@ -1,5 +1,8 @@
-"""WebSocket routes: include ``websocket_urlpatterns`` in the project's ASGI router,
-inside ``channels.auth.AuthMiddlewareStack`` so the session cookie authenticates."""
+"""WebSocket routes: include ``websocket_urlpatterns`` in the project's ASGI router.
+
+The consumer authenticates the handshake itself (session cookie or ``?token=``), so
+no session middleware is needed; inside ``AuthMiddlewareStack`` it uses the user
+that the middleware found."""
 
 from __future__ import annotations
 

@@ -255,3 +255,42 @@ async def test_default_limit_is_ten_connections(users, connect):
         await connect(users.alice)
     await connect(users.alice, accept=False)
     assert await in_db(count, Connection) == 10
+
+
+async def test_session_of_a_deactivated_user_is_refused(users, connect):
+    await in_db(lambda: type(users.alice).objects.filter(pk=users.alice.pk).update(is_active=False))
+    await connect(users.alice, accept=False)
+
+
+async def test_an_unknown_session_key_is_refused(connect):
+    from channels.testing import WebsocketCommunicator
+
+    from project.asgi import application
+
+    communicator = WebsocketCommunicator(
+        application, "/ws/realtime/", headers=[(b"cookie", b"sessionid=no-such-session")]
+    )
+    connected, _ = await communicator.connect(timeout=5)
+    assert not connected
+    assert await in_db(count, Connection) == 0
+
+
+async def test_inside_auth_middleware_the_middlewares_user_is_used(users, connect):
+    from channels.auth import AuthMiddlewareStack
+    from channels.routing import URLRouter
+    from channels.testing import WebsocketCommunicator
+
+    from skapi_channels.routing import websocket_urlpatterns
+    from tests.conftest import session_key_for
+
+    key = await in_db(session_key_for, users.bob)
+    communicator = WebsocketCommunicator(
+        AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
+        "/ws/realtime/",
+        headers=[(b"cookie", f"sessionid={key}".encode())],
+    )
+    connected, _ = await communicator.connect(timeout=5)
+    assert connected
+    rows = await in_db(lambda: list(Connection.objects.values_list("user_id", flat=True)))
+    assert rows == [str(users.bob.pk)]
+    await communicator.disconnect()

@@ -177,7 +177,9 @@ async def test_clients_of_a_process_that_fell_behind_are_told_what_they_missed(
     delivered = [f["#message"] for f in receiver.frames if "#message" in f]
     assert delivered == sorted(delivered)  # in order, with a gap
     assert missed["#missed"] + len(delivered) == 12, (missed, delivered)
-    assert missed["#missed"] >= 12 - 5
+    # At most a queue's worth (5) got through, and one more if B read it before
+    # the SIGSTOP took hold.
+    assert missed["#missed"] >= 12 - 5 - 1
     # The sending process counted the drops and publishes them with its heartbeat.
     await asyncio.sleep(2 * FAST["HEARTBEAT_INTERVAL"])
     stats = [row[0] for row in deployment.database.query(f"SELECT stats FROM {TABLES.server}")]
