@@ -203,25 +203,30 @@ def _name_filter(query: GroupQuery) -> Q:
     return Q(**{f"name__{lookups[query.condition or 'eq']}": value})
 
 
-def _count_filter(query: GroupQuery) -> Q:
-    """number_of_users is an integer: a fractional bound becomes the integer it implies."""
+def _count_ranges(query: GroupQuery) -> list[Q]:
+    """The number_of_users ranges to list, in ascending order, each one range of the
+    size index. number_of_users is an integer: a fractional bound becomes the
+    integer it implies; ``!=`` is the two ranges around the value, since filtering
+    out a common size would scan most of the index."""
     value = float(query.value)  # type: ignore[arg-type]
     if query.range is not None:
         low, high = math.ceil(value), math.floor(float(query.range))
-        return _between(low, high)
+        return [_between(low, high)]
     integral = value.is_integer()
     condition = query.condition
     if condition == "eq":
-        return _between(int(value), int(value)) if integral else Q(pk__in=[])
+        return [_between(int(value), int(value)) if integral else Q(pk__in=[])]
     if condition == "ne":
-        return ~Q(number_of_users=int(value)) if integral else Q()
+        if not integral:
+            return [Q()]
+        return [_between(None, int(value) - 1), _between(int(value) + 1, None)]
     if condition == "gt":
-        return _between(math.floor(value) + 1, None)
+        return [_between(math.floor(value) + 1, None)]
     if condition == "gte":
-        return _between(math.ceil(value), None)
+        return [_between(math.ceil(value), None)]
     if condition == "lt":
-        return _between(None, math.ceil(value) - 1)
-    return _between(None, math.floor(value))
+        return [_between(None, math.ceil(value) - 1)]
+    return [_between(None, math.floor(value))]
 
 
 def _between(low: int | None, high: int | None) -> Q:
@@ -250,10 +255,15 @@ def _after(fields: tuple[str, str], key: tuple[Any, Any], ascending: bool) -> Q:
     )
 
 
-def _page(rows: QuerySet, limit: int, names: tuple[str, str]) -> Page:
-    """One page of ``rows`` (value tuples) as items named ``names``; the last item,
-    which holds the sort key, is the startKey of the next page."""
-    fetched = list(rows[: limit + 1])
+def _page(parts: list[QuerySet], limit: int, names: tuple[str, str]) -> Page:
+    """One page of the rows (value tuples) of ``parts``, disjoint querysets in list
+    order, as items named ``names``; the last item, which holds the sort key, is the
+    startKey of the next page."""
+    fetched: list[Any] = []
+    for rows in parts:
+        fetched.extend(rows[: limit + 1 - len(fetched)])
+        if len(fetched) > limit:
+            break
     items = [dict(zip(names, row, strict=True)) for row in fetched[:limit]]
     if len(fetched) > limit:
         return Page(items, dict(items[-1]), False)
@@ -264,6 +274,7 @@ def list_groups(query: GroupQuery) -> Page:
     if query.start_key == END:
         return Page([], END, True)
     rows = RealtimeGroup.objects.all()
+    ranges = [Q()]
     if query.search_for == "group":
         if query.value is not None:
             rows = rows.filter(_name_filter(query))
@@ -273,15 +284,19 @@ def list_groups(query: GroupQuery) -> Page:
             rows = rows.filter(name__gt=key) if query.ascending else rows.filter(name__lt=key)
     else:
         if query.value is not None:
-            rows = rows.filter(_count_filter(query))
+            ranges = _count_ranges(query)
         order = ["number_of_users", "name"]
         if isinstance(query.start_key, dict):
             key = (query.start_key["number_of_users"], query.start_key["group"])
             rows = rows.filter(_after(("number_of_users", "name"), key, query.ascending))
     if not query.ascending:
         order = ["-" + field for field in order]
-    rows = rows.order_by(*order).values_list("name", "number_of_users")
-    return _page(rows, query.limit, ("group", "number_of_users"))
+        ranges.reverse()
+    parts = [
+        rows.filter(part).order_by(*order).values_list("name", "number_of_users")
+        for part in ranges
+    ]
+    return _page(parts, query.limit, ("group", "number_of_users"))
 
 
 def list_users(query: UserQuery) -> Page:
@@ -295,4 +310,4 @@ def list_users(query: UserQuery) -> Page:
         rows = rows.filter(_after(("user_id", "cid"), key, query.ascending))
     order = ["user_id", "cid"] if query.ascending else ["-user_id", "-cid"]
     rows = rows.order_by(*order).values_list("user_id", "cid")
-    return _page(rows, query.limit, ("user_id", "cid"))
+    return _page([rows], query.limit, ("user_id", "cid"))

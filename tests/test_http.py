@@ -343,3 +343,22 @@ def test_token_cannot_renew_itself(user):
     token, _ = issue_token(user)
     status, _ = post(Client(), "/realtime/token/", {}, HTTP_AUTHORIZATION=f"Bearer {token}")
     assert status == 401
+
+
+@pytest.mark.parametrize("ascending", [True, False])
+def test_not_equal_pages_across_both_sides_of_the_value(client, populate, ascending):
+    layout = {f"g{i:03d}": [f"u{j}" for j in range(i % 5 + 1)] for i in range(47)}
+    populate(layout)
+    pages = page_through(
+        client,
+        "/realtime/groups/",
+        {"limit": 7, "ascending": ascending, "searchFor": "number_of_users", "value": 3, "condition": "!="},
+        "group",
+    )
+    expected = sorted(
+        (name for name in layout if len(layout[name]) != 3),
+        key=lambda name: (len(layout[name]), name),
+        reverse=not ascending,
+    )
+    assert [name for page in pages for name in page] == expected
+    assert all(len(page) == 7 for page in pages[:-1])
