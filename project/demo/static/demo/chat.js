@@ -223,14 +223,18 @@
 
     // --------------------------------------------------- joining, leaving
 
+    function joined(group, res) {
+        state.group = group || null;
+        closePrivate();
+        log('system', res.message);
+        drawRoom();
+        refreshGroupsSoon();
+        return loadPeople();
+    }
+
     function join(group) {
         return skapi.joinRealtime({ group: group }).then(function (res) {
-            state.group = group || null;
-            closePrivate();
-            log('system', res.message);
-            drawRoom();
-            refreshGroupsSoon();
-            return loadPeople();
+            return joined(group, res);
         }, showError);
     }
 
@@ -331,12 +335,7 @@
         var group = form.elements.group.value;
         skapi.joinRealtime(event).then(function (res) {
             form.reset();
-            state.group = group || null;
-            closePrivate();
-            log('system', res.message);
-            drawRoom();
-            refreshGroupsSoon();
-            return loadPeople();
+            return joined(group, res);
         }, showError);
     });
 
