@@ -30,8 +30,6 @@ import contextlib
 import multiprocessing as mp
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.live_server import RedisServer  # noqa: E402
 
 LAYERS = {
     "core": "channels_redis.core.RedisChannelLayer",
@@ -212,47 +212,9 @@ async def flush(url: str, prefix: str) -> None:
     await redis.aclose()
 
 
-class PrivateRedis:
+def private_redis() -> RedisServer:
     """A redis-server of the bench's own on a free port, to restart."""
-
-    def __init__(self) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = int(sock.getsockname()[1])
-        self.directory = tempfile.mkdtemp(prefix="bench-redis-")
-        self.process: subprocess.Popen[bytes] | None = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.directory,
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(10)
-            self.process = None
+    return RedisServer(Path(tempfile.mkdtemp(prefix="bench-redis-")))
 
 
 def run(
@@ -262,7 +224,7 @@ def run(
     receivers: int,
     concurrency: int,
     capacity: int,
-    restart: PrivateRedis | None = None,
+    restart: RedisServer | None = None,
 ) -> dict[str, Any]:
     context = mp.get_context("spawn")
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
@@ -358,7 +320,7 @@ def main() -> None:
                 if shutil.which("redis-server") is None:
                     print("restart: skipped, no redis-server to start", flush=True)
                     break
-                restart = PrivateRedis()
+                restart = private_redis()
                 restart.start()
             try:
                 r = run(
