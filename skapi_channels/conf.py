@@ -1,6 +1,14 @@
-"""Every ``SKAPI_CHANNELS`` setting and its default, read at call time.
+"""Every ``SKAPI_CHANNELS`` setting and its default, in one settings object.
 
-Reading at call time keeps ``override_settings`` working in tests. ``checks.py``
+``conf.NAME`` reads a setting: the project's value from ``settings.SKAPI_CHANNELS``
+or the default, converted to the default's type, with import strings resolved to
+the objects they name. The first read caches the value on the object, so a read on
+the hot path (per frame) is a plain attribute lookup; changing ``SKAPI_CHANNELS``
+(``override_settings`` in tests) fires ``setting_changed``, which empties the cache
+and calls the functions registered with ``on_reload``.
+
+Adding a setting is one line in ``DEFAULTS`` (and its type under ``Settings`` for
+typed access; a dotted path to import goes into ``IMPORT_STRINGS``). ``checks.py``
 validates the values at ``manage.py check``.
 """
 
@@ -10,10 +18,11 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
+from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
 DEFAULTS: dict[str, Any] = {
-    # PROTOCOL section 6.
+    # Protocol limits (docs/protocol.md section 6).
     "MAX_FRAME_BYTES": 32 * 1024,
     "MAX_GROUP_NAME_LENGTH": 128,
     "RATE_PER_SECOND": 20.0,
@@ -52,105 +61,100 @@ DEFAULTS: dict[str, Any] = {
     "REAP_INTERVAL": 5.0,
 }
 
+# Settings whose value may be a dotted path, resolved once to what it names.
+IMPORT_STRINGS = frozenset(
+    {"USER_ID_FUNCTION", "USER_LOOKUP_FUNCTION", "AUTHORIZE_JOIN", "AUTHORIZE_MESSAGE"}
+)
+
+
+def _normalise_path(value: Any) -> str:
+    return str(value).strip("/") + "/"
+
+
+# Settings that need more than their default's type.
+CONVERTERS: dict[str, Callable[[Any], Any]] = {"WEBSOCKET_PATH": _normalise_path}
+
+
+def convert(name: str, value: Any) -> Any:
+    """``value`` as the setting ``name`` is used: typed like its default, imported."""
+    if name in CONVERTERS:
+        return CONVERTERS[name](value)
+    if name in IMPORT_STRINGS:
+        return import_string(value) if isinstance(value, str) else value
+    default = DEFAULTS[name]
+    # bool before int: bool is a subclass of int.
+    for kind in (bool, int, float, str):
+        if isinstance(default, kind):
+            return kind(value)
+    return value
+
 
 class Settings:
-    """Typed access to ``settings.SKAPI_CHANNELS``, with defaults."""
+    """``settings.SKAPI_CHANNELS`` with defaults, read once and cached until it changes.
 
-    def _get(self, name: str) -> Any:
+    The annotations give typed access; the values come from ``__getattr__``.
+    """
+
+    MAX_FRAME_BYTES: int
+    MAX_GROUP_NAME_LENGTH: int
+    RATE_PER_SECOND: float
+    RATE_BURST: int
+    MAX_CONNECTIONS_PER_USER: int
+    GROUPS_CREATED_PER_MINUTE: int
+    HANDSHAKES_PER_MINUTE: int
+    FLOOD_CLOSE_AFTER: int
+    SEND_BUFFER_LIMIT: int
+    MISSED_CLOSE_AFTER: int
+    USER_ID_FUNCTION: Callable[[Any], str]
+    USER_LOOKUP_FUNCTION: Callable[[str], Any]
+    AUTHORIZE_JOIN: Callable[[str, str], Any] | None
+    AUTHORIZE_MESSAGE: Callable[[str, str], Any] | None
+    USER_CACHE_SECONDS: float
+    TOKEN_MAX_AGE: int
+    WEBSOCKET_PATH: str
+    CHECK_ORIGIN: bool
+    HEARTBEAT_INTERVAL: float
+    DEAD_AFTER: float
+    REAP_INTERVAL: float
+
+    def __init__(self) -> None:
+        self._cached: set[str] = set()
+        self._reload_callbacks: list[Callable[[], None]] = []
+
+    @property
+    def user_settings(self) -> dict[str, Any]:
+        """The project's ``SKAPI_CHANNELS`` (empty when unset or not a dict: check E001)."""
         user = getattr(settings, "SKAPI_CHANNELS", None)
-        if not isinstance(user, dict):  # reported by the system check E001
-            return DEFAULTS[name]
-        return user.get(name, DEFAULTS[name])
+        return user if isinstance(user, dict) else {}
 
-    @property
-    def MAX_FRAME_BYTES(self) -> int:
-        return int(self._get("MAX_FRAME_BYTES"))
+    def __getattr__(self, name: str) -> Any:
+        if name not in DEFAULTS:
+            raise AttributeError(f"Unknown SKAPI_CHANNELS setting {name!r}")
+        value = convert(name, self.user_settings.get(name, DEFAULTS[name]))
+        self._cached.add(name)
+        setattr(self, name, value)
+        return value
 
-    @property
-    def MAX_GROUP_NAME_LENGTH(self) -> int:
-        return int(self._get("MAX_GROUP_NAME_LENGTH"))
+    def reload(self) -> None:
+        """Forget the cached values; the next read takes the current settings."""
+        for name in self._cached:
+            self.__dict__.pop(name, None)
+        self._cached.clear()
+        for callback in self._reload_callbacks:
+            callback()
 
-    @property
-    def RATE_PER_SECOND(self) -> float:
-        return float(self._get("RATE_PER_SECOND"))
-
-    @property
-    def RATE_BURST(self) -> int:
-        return int(self._get("RATE_BURST"))
-
-    @property
-    def MAX_CONNECTIONS_PER_USER(self) -> int:
-        return int(self._get("MAX_CONNECTIONS_PER_USER"))
-
-    @property
-    def GROUPS_CREATED_PER_MINUTE(self) -> int:
-        return int(self._get("GROUPS_CREATED_PER_MINUTE"))
-
-    @property
-    def HANDSHAKES_PER_MINUTE(self) -> int:
-        return int(self._get("HANDSHAKES_PER_MINUTE"))
-
-    @property
-    def FLOOD_CLOSE_AFTER(self) -> int:
-        return int(self._get("FLOOD_CLOSE_AFTER"))
-
-    @property
-    def SEND_BUFFER_LIMIT(self) -> int:
-        return int(self._get("SEND_BUFFER_LIMIT"))
-
-    @property
-    def MISSED_CLOSE_AFTER(self) -> int:
-        return int(self._get("MISSED_CLOSE_AFTER"))
-
-    @property
-    def USER_ID_FUNCTION(self) -> Callable[[Any], str]:
-        return _import(self._get("USER_ID_FUNCTION"))
-
-    @property
-    def USER_LOOKUP_FUNCTION(self) -> Callable[[str], Any]:
-        return _import(self._get("USER_LOOKUP_FUNCTION"))
-
-    @property
-    def AUTHORIZE_JOIN(self) -> Callable[[str, str], Any] | None:
-        value = self._get("AUTHORIZE_JOIN")
-        return None if value is None else _import(value)
-
-    @property
-    def AUTHORIZE_MESSAGE(self) -> Callable[[str, str], Any] | None:
-        value = self._get("AUTHORIZE_MESSAGE")
-        return None if value is None else _import(value)
-
-    @property
-    def USER_CACHE_SECONDS(self) -> float:
-        return float(self._get("USER_CACHE_SECONDS"))
-
-    @property
-    def TOKEN_MAX_AGE(self) -> int:
-        return int(self._get("TOKEN_MAX_AGE"))
-
-    @property
-    def WEBSOCKET_PATH(self) -> str:
-        return str(self._get("WEBSOCKET_PATH")).strip("/") + "/"
-
-    @property
-    def CHECK_ORIGIN(self) -> bool:
-        return bool(self._get("CHECK_ORIGIN"))
-
-    @property
-    def HEARTBEAT_INTERVAL(self) -> float:
-        return float(self._get("HEARTBEAT_INTERVAL"))
-
-    @property
-    def DEAD_AFTER(self) -> float:
-        return float(self._get("DEAD_AFTER"))
-
-    @property
-    def REAP_INTERVAL(self) -> float:
-        return float(self._get("REAP_INTERVAL"))
-
-
-def _import(value: Any) -> Callable[..., Any]:
-    return import_string(value) if isinstance(value, str) else value
+    def on_reload(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` whenever the settings change (for caches built from them)."""
+        self._reload_callbacks.append(callback)
+        return callback
 
 
 conf = Settings()
+
+
+def reload_settings(*, setting: str, **kwargs: Any) -> None:
+    if setting == "SKAPI_CHANNELS":
+        conf.reload()
+
+
+setting_changed.connect(reload_settings)

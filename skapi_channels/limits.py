@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 
+from skapi_channels.conf import conf
+
 
 class TokenBucket:
     """``rate`` tokens a second, at most ``burst`` saved; each frame takes one."""
@@ -61,13 +63,19 @@ class KeyedLimiter:
         return False
 
 
-_limiters: dict[tuple[str, int], KeyedLimiter] = {}
+_limiters: dict[str, KeyedLimiter] = {}
 
 
 def limiter(name: str, per_minute: int) -> KeyedLimiter:
-    """This process's limiter called ``name`` (a new one when the rate setting changed)."""
-    key = (name, per_minute)
-    found = _limiters.get(key)
+    """This process's limiter called ``name``, at ``per_minute`` (a setting's value).
+
+    One per name; the settings object empties them all when ``SKAPI_CHANNELS``
+    changes, so a new rate takes effect with fresh budgets.
+    """
+    found = _limiters.get(name)
     if found is None:
-        found = _limiters[key] = KeyedLimiter(per_minute)
+        found = _limiters[name] = KeyedLimiter(per_minute)
     return found
+
+
+conf.on_reload(_limiters.clear)

@@ -30,7 +30,7 @@ def pending_bytes(transport: Any) -> int:
 
 
 def install_daphne_send_limit() -> None:
-    """Wrap daphne's WebSocket send with the limit (once; read at each send)."""
+    """Wrap daphne's WebSocket send with the limit (once; the setting is read at each send)."""
     global _installed
     if _installed:
         return
@@ -38,24 +38,14 @@ def install_daphne_send_limit() -> None:
         from daphne.ws_protocol import WebSocketProtocol
     except ImportError:  # not served by daphne
         return
-    from django.core.signals import setting_changed
-
     from skapi_channels.conf import conf
 
-    # Read once, not per frame sent; again when a test overrides the settings.
-    limit = conf.SEND_BUFFER_LIMIT
-
-    def reread(**kwargs: Any) -> None:
-        nonlocal limit
-        if kwargs.get("setting") == "SKAPI_CHANNELS":
-            limit = conf.SEND_BUFFER_LIMIT
-
-    setting_changed.connect(reread, weak=False)
     original = WebSocketProtocol.serverSend
 
     def serverSend(self: Any, content: Any, binary: bool = False) -> None:
         if self.state != self.STATE_OPEN:
             return  # closing: daphne's disconnect event is on its way
+        limit = conf.SEND_BUFFER_LIMIT  # cached by the settings object
         if limit and pending_bytes(self.transport) > limit:
             if not getattr(self, "_skapi_too_far_behind", False):
                 self._skapi_too_far_behind = True
