@@ -29,6 +29,8 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.http import urlencode
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 
 from skapi_channels import api, charts, monitoring
 from skapi_channels.conf import conf
@@ -64,7 +66,7 @@ class NoticeForm(forms.Form):
     sentence = forms.CharField(
         max_length=1000,
         widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
-        help_text="Sent as #notice with #code SERVER_NOTICE to every connection in the group.",
+        help_text=_("Sent as #notice with #code SERVER_NOTICE to every connection in the group."),
     )
 
 
@@ -78,7 +80,7 @@ class RealtimeGroupAdmin(ReadOnlyAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[RealtimeGroup]:
         return super().get_queryset(request).annotate(open=monitoring.connections_in_group())
 
-    @admin.display(description="connections", ordering="open")
+    @admin.display(description=_("connections"), ordering="open")
     def connections(self, group: RealtimeGroup) -> str:
         url = reverse(f"{self.admin_site.name}:skapi_channels_connection_changelist")
         return format_html(
@@ -88,7 +90,7 @@ class RealtimeGroupAdmin(ReadOnlyAdmin):
     def has_notice_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("skapi_channels.change_realtimegroup")
 
-    @admin.action(description="Send a notice to the selected groups", permissions=("notice",))
+    @admin.action(description=_("Send a notice to the selected groups"), permissions=("notice",))
     def send_notice(
         self, request: HttpRequest, queryset: QuerySet[RealtimeGroup]
     ) -> HttpResponse | None:
@@ -99,13 +101,18 @@ class RealtimeGroupAdmin(ReadOnlyAdmin):
             async_to_sync(send_notices)(names, sentence)
             self.message_user(
                 request,
-                f"Sent the notice to {len(names)} group{'s' if len(names) != 1 else ''}.",
+                ngettext(
+                    "Sent the notice to %(count)d group.",
+                    "Sent the notice to %(count)d groups.",
+                    len(names),
+                )
+                % {"count": len(names)},
                 messages.SUCCESS,
             )
             return None
         context = {
             **self.admin_site.each_context(request),
-            "title": "Send a notice",
+            "title": _("Send a notice"),
             "opts": self.model._meta,
             "form": form,
             "groups": names,
@@ -126,7 +133,7 @@ async def send_notices(groups: list[str], sentence: str) -> None:
 class GroupFilter(admin.SimpleListFilter):
     """The largest groups (not every distinct name: there may be thousands)."""
 
-    title = "group"
+    title = _("group")
     parameter_name = "group"
     NONE = "-"
     SHOWN = 20
@@ -140,7 +147,7 @@ class GroupFilter(admin.SimpleListFilter):
         value = self.value()
         if value and value != self.NONE and value not in names:
             names.append(value)
-        return [(self.NONE, "(no group)")] + [(name, name) for name in names]
+        return [(self.NONE, _("(no group)"))] + [(name, name) for name in names]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         value = self.value()
@@ -157,15 +164,15 @@ class ConnectionAdmin(ReadOnlyAdmin):
     list_filter = (GroupFilter, "server")
     list_select_related = ("server",)
     search_fields = ("=user_id",)
-    search_help_text = "Search by user_id, or by (part of) a username."
+    search_help_text = _("Search by user_id, or by (part of) a username.")
     ordering = ("-connected_at", "cid")
     actions = ("disconnect",)
 
-    @admin.display(description="user", ordering="user_id")
+    @admin.display(description=_("user"), ordering="user_id")
     def user(self, connection: Connection) -> str:
         return connection.user_id
 
-    @admin.display(description="last seen", ordering="server__heartbeat_at")
+    @admin.display(description=_("last seen"), ordering="server__heartbeat_at")
     def last_seen(self, connection: Connection) -> Any:
         """A connection lives while its server process heartbeats."""
         return connection.server.heartbeat_at
@@ -184,23 +191,30 @@ class ConnectionAdmin(ReadOnlyAdmin):
     def has_disconnect_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("skapi_channels.delete_connection")
 
-    @admin.action(description="Disconnect the selected connections", permissions=("disconnect",))
+    @admin.action(description=_("Disconnect the selected connections"), permissions=("disconnect",))
     def disconnect(self, request: HttpRequest, queryset: QuerySet[Connection]) -> None:
         rows = list(queryset.values_list("channel_name", "server__heartbeat_at"))
-        async_to_sync(close_channels)([channel for channel, _ in rows])
+        async_to_sync(close_channels)([channel for channel, _heartbeat in rows])
         cutoff = dead_before()
-        stale = sum(1 for _, heartbeat in rows if heartbeat < cutoff)
+        stale = sum(1 for _channel, heartbeat in rows if heartbeat < cutoff)
         self.message_user(
             request,
-            f"Asked {len(rows)} connection{'s' if len(rows) != 1 else ''} to close; "
-            "their groups are told USER_DISCONNECTED.",
+            ngettext(
+                "Asked %(count)d connection to close; its group is told USER_DISCONNECTED.",
+                "Asked %(count)d connections to close; their groups are told USER_DISCONNECTED.",
+                len(rows),
+            )
+            % {"count": len(rows)},
             messages.SUCCESS,
         )
         if stale:
             self.message_user(
                 request,
-                f"{stale} of them belong to server processes that stopped heartbeating; "
-                "the reaper (or manage.py realtime_prune) removes those.",
+                _(
+                    "%(stale)d of them belong to server processes that stopped heartbeating; "
+                    "the reaper (or manage.py realtime_prune) removes those."
+                )
+                % {"stale": stale},
                 messages.WARNING,
             )
 
@@ -223,11 +237,11 @@ def usernames_to_user_ids(term: str, limit: int = 100) -> list[str]:
 
 
 class AliveFilter(admin.SimpleListFilter):
-    title = "state"
+    title = _("state")
     parameter_name = "state"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [("alive", "alive"), ("stale", "stale")]
+        return [("alive", _("alive")), ("stale", _("stale"))]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         if self.value() == "alive":
@@ -247,11 +261,11 @@ class ServerProcessAdmin(ReadOnlyAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[ServerProcess]:
         return super().get_queryset(request).annotate(open=Count("connections"))
 
-    @admin.display(description="alive", boolean=True, ordering="heartbeat_at")
+    @admin.display(description=_("alive"), boolean=True, ordering="heartbeat_at")
     def alive(self, process: ServerProcess) -> bool:
         return process.heartbeat_at >= dead_before()
 
-    @admin.display(description="connections", ordering="open")
+    @admin.display(description=_("connections"), ordering="open")
     def connections(self, process: ServerProcess) -> str:
         url = reverse(f"{self.admin_site.name}:skapi_channels_connection_changelist")
         query = urlencode({"server__id__exact": process.id})
@@ -268,7 +282,7 @@ class ServerProcessAdmin(ReadOnlyAdmin):
         fragment = request.GET.get("fragment") == "1"
         context = {
             **({} if fragment else self.admin_site.each_context(request)),
-            "title": "Realtime monitoring",
+            "title": _("Realtime monitoring"),
             "opts": self.model._meta,
             "snapshot": snapshot,
             "charts": monitoring_charts(snapshot),
@@ -300,6 +314,6 @@ def monitoring_charts(snapshot: monitoring.Snapshot) -> list[Any]:
         for p in processes
     ]
     return [
-        charts.line_chart("Open connections per server process", connections, start, end),
-        charts.line_chart("Messages per second per server process", rates, start, end),
+        charts.line_chart(_("Open connections per server process"), connections, start, end),
+        charts.line_chart(_("Messages per second per server process"), rates, start, end),
     ]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
+from django.utils.translation import gettext
 
 WIDTH, HEIGHT = 720, 220
 LEFT, RIGHT, TOP, BOTTOM = 48, 12, 28, 24
@@ -71,7 +72,7 @@ def line_chart(title: str, lines: Sequence[Line], start: float, end: float) -> S
     step = 1 if minutes <= 5 else 2 if minutes <= 10 else 5
     for minute in range(0, minutes + 1, step):  # time labels, "-N min" before now
         at = end - minute * 60
-        label = "now" if minute == 0 else f"-{minute} min"
+        label = gettext("now") if minute == 0 else gettext("-%d min") % minute
         parts.append(
             f'<text x="{x(at):.1f}" y="{HEIGHT - 6}" class="axis" text-anchor="middle">'
             f"{label}</text>"
@@ -94,7 +95,7 @@ def line_chart(title: str, lines: Sequence[Line], start: float, end: float) -> S
     if not any(line.points for line in lines):
         parts.append(
             f'<text x="{LEFT + plot_w / 2}" y="{TOP + plot_h / 2}" class="axis" '
-            f'text-anchor="middle">No heartbeat data yet</text>'
+            f'text-anchor="middle">{escape(gettext("No heartbeat data yet"))}</text>'
         )
     parts.append("</svg>")
     return mark_safe("".join(parts))  # every interpolated string above is escaped

@@ -1,12 +1,15 @@
-"""System checks for ``SKAPI_CHANNELS``: bad settings fail ``manage.py check``."""
+"""System checks: bad ``SKAPI_CHANNELS`` settings (E001-E019) and an environment the
+app cannot keep its promises in (E02x, W02x) fail or warn at ``manage.py check``."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import CheckMessage, Error
+from django.core.checks import CheckMessage, Error, Warning
+from django.db import DEFAULT_DB_ALIAS, connections, router
 from django.utils.module_loading import import_string
+from django.utils.translation import gettext_lazy as _
 
 from skapi_channels.conf import DEFAULTS
 
@@ -134,3 +137,123 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:  # noqa: C901
             )
         )
     return errors
+
+
+# The environment the app runs in: ids E02x and W02x.
+
+
+def check_channel_layer(**kwargs: Any) -> list[CheckMessage]:
+    """The socket needs a channel layer, and one that reports what it drops."""
+    layers = getattr(settings, "CHANNEL_LAYERS", None) or {}
+    config = layers.get("default") if isinstance(layers, dict) else None
+    if not isinstance(config, dict) or "BACKEND" not in config:
+        return [
+            Error(
+                _("CHANNEL_LAYERS has no 'default' layer; the realtime socket needs one."),
+                hint=_(
+                    "For one server process: CHANNEL_LAYERS = {'default': {'BACKEND': "
+                    "'skapi_channels.local_layer.LocalChannelLayer'}}; for several, the "
+                    "Redis layer skapi_channels.layers.RedisChannelLayer."
+                ),
+                id="skapi_channels.E020",
+            )
+        ]
+    try:
+        backend = import_string(config["BACKEND"])
+    except ImportError as exc:
+        return [
+            Error(
+                _("CHANNEL_LAYERS['default'] names a backend that cannot be imported: %s")
+                % exc,
+                hint=_("Check the BACKEND path and that its package is installed."),
+                id="skapi_channels.E021",
+            )
+        ]
+    if getattr(backend, "report_missed_to", None) is None:
+        return [
+            Warning(
+                _(
+                    "The channel layer %s cannot report the messages it drops: a receiver "
+                    "that falls behind loses messages without being told (MISSED_MESSAGES)."
+                )
+                % config["BACKEND"],
+                hint=_(
+                    "Use skapi_channels.local_layer.LocalChannelLayer (one process) or "
+                    "skapi_channels.layers.RedisChannelLayer (several)."
+                ),
+                id="skapi_channels.W020",
+            )
+        ]
+    return []
+
+
+def check_database(**kwargs: Any) -> list[CheckMessage]:
+    """The presence tables' SQL (``INSERT ... ON CONFLICT``, ``RETURNING``) runs on the
+    default database, which must be PostgreSQL or SQLite 3.35 or newer."""
+    errors: list[CheckMessage] = []
+    connection = connections[DEFAULT_DB_ALIAS]
+    if connection.vendor == "sqlite":
+        version = connection.Database.sqlite_version_info
+        if version < (3, 35):
+            errors.append(
+                Error(
+                    _("SQLite %s is too old for the presence tables: they need 3.35 or newer.")
+                    % ".".join(map(str, version)),
+                    hint=_("Upgrade the SQLite library Python uses, or use PostgreSQL."),
+                    id="skapi_channels.E022",
+                )
+            )
+    elif connection.vendor != "postgresql":
+        errors.append(
+            Error(
+                _("The %s database is not supported; use PostgreSQL or SQLite.")
+                % connection.vendor,
+                hint=_(
+                    "The presence tables are written with INSERT ... ON CONFLICT and "
+                    "RETURNING, which MySQL, MariaDB and Oracle do not have in this form."
+                ),
+                id="skapi_channels.E023",
+            )
+        )
+    from django.apps import apps
+
+    for model in apps.get_app_config("skapi_channels").get_models():
+        read, write = router.db_for_read(model), router.db_for_write(model)
+        migrate = router.allow_migrate_model(DEFAULT_DB_ALIAS, model)
+        if read != DEFAULT_DB_ALIAS or write != DEFAULT_DB_ALIAS or not migrate:
+            errors.append(
+                Error(
+                    _(
+                        "DATABASE_ROUTERS send %(model)s elsewhere than the default database "
+                        "(reads: %(read)s, writes: %(write)s, migrated there: %(migrate)s)."
+                    )
+                    % {"model": model._meta.label, "read": read, "write": write,
+                       "migrate": migrate},
+                    hint=_(
+                        "The presence tables are written with SQL on the 'default' database: "
+                        "route the skapi_channels app there."
+                    ),
+                    id="skapi_channels.E024",
+                )
+            )
+            break
+    return errors
+
+
+def check_origin(**kwargs: Any) -> list[CheckMessage]:
+    """ALLOWED_HOSTS with '*' makes the Origin check pass every page."""
+    from skapi_channels.conf import conf
+
+    if conf.CHECK_ORIGIN and "*" in settings.ALLOWED_HOSTS:
+        return [
+            Warning(
+                _(
+                    "ALLOWED_HOSTS contains '*': the realtime socket's Origin check then "
+                    "accepts every site, so any page can open a socket with a visitor's "
+                    "session cookie."
+                ),
+                hint=_("List your site's hosts in ALLOWED_HOSTS."),
+                id="skapi_channels.W021",
+            )
+        ]
+    return []

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 
 class CodePointCharField(models.CharField):
@@ -37,8 +38,8 @@ class ServerProcess(models.Model):
     stats = models.JSONField(default=dict, blank=True)
 
     class Meta:
-        verbose_name = "server process"
-        verbose_name_plural = "server processes"
+        verbose_name = _("server process")
+        verbose_name_plural = _("server processes")
 
     def __str__(self) -> str:
         return f"{self.host}:{self.pid} ({self.id[:8]})"
@@ -92,7 +93,7 @@ class RealtimeGroup(models.Model):
     created_at = models.DateTimeField()
 
     class Meta:
-        verbose_name = "group"
+        verbose_name = _("group")
         indexes = [
             # getRealtimeGroups with searchFor number_of_users: ORDER BY number_of_users, name
             models.Index(fields=["number_of_users", "name"], name="skapi_group_size"),
