@@ -9,12 +9,13 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from skapi_channels.routing import websocket_urlpatterns  # noqa: E402
+from skapi_channels.routing import refuse_unrouted, websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
         # The consumer reads the session cookie (or ?token=) itself at the handshake.
-        "websocket": URLRouter(websocket_urlpatterns),
+        # A handshake to a path nothing routes is refused (403), not a 500.
+        "websocket": refuse_unrouted(URLRouter(websocket_urlpatterns)),
     }
 )

@@ -37,13 +37,19 @@ from skapi_channels import queries
 from skapi_channels.addressing import group_address, user_address
 from skapi_channels.conf import conf
 from skapi_channels.models import Connection
-from skapi_channels.protocol import dumps, group_name_problem, user_id_problem
+from skapi_channels.protocol import (
+    CLOSE_BY_SERVER,
+    SERVER_NOTICE,
+    close_event,
+    frame_event,
+    group_name_problem,
+    server_message_frame,
+    server_notice_frame,
+    server_private_frame,
+    user_id_problem,
+)
 from skapi_channels.queries import Page
 from skapi_channels.runtime import runtime
-
-SERVER_NOTICE = "SERVER_NOTICE"
-# The close code of a connection that the server (an operator, site code) ends.
-CLOSE_BY_SERVER = 4000
 
 __all__ = [
     "SERVER_NOTICE",
@@ -63,23 +69,6 @@ __all__ = [
     "send_notice",
     "send_to_user",
 ]
-
-
-# Frames.
-
-
-def server_private_frame(content: Any, sender: str | None = None) -> str:
-    return dumps({"#private": content, "#user_id": sender, "#scid": None, "#srid": None})
-
-
-def server_message_frame(content: Any, group: str, sender: str | None = None) -> str:
-    return dumps({"#message": content, "#user_id": sender, "#scid": None, "#srid": group})
-
-
-def server_notice_frame(sentence: str, group: str, code: str = SERVER_NOTICE) -> str:
-    return dumps(
-        {"#notice": sentence, "#code": code, "#user_id": None, "#scid": None, "#srid": group}
-    )
 
 
 def _check_group(group: str) -> None:
@@ -111,7 +100,7 @@ async def asend_to_user(user_id: str, content: Any, *, sender: str | None = None
         _check_user_id(sender, "sender")
     text = server_private_frame(content, sender)
     await _layer().group_send(
-        user_address(user_id), {"type": "skapi.frame", "text": text, "uid": user_id}
+        user_address(user_id), frame_event(text, uid=user_id)
     )
     runtime.counters["server_messages"] += 1
 
@@ -123,7 +112,7 @@ async def abroadcast(group: str, content: Any, *, sender: str | None = None) -> 
         _check_user_id(sender, "sender")
     text = server_message_frame(content, group, sender)
     await _layer().group_send(
-        group_address(group), {"type": "skapi.frame", "text": text, "rid": group}
+        group_address(group), frame_event(text, rid=group)
     )
     runtime.counters["server_messages"] += 1
 
@@ -135,7 +124,7 @@ async def asend_notice(group: str, sentence: str, *, code: str = SERVER_NOTICE) 
         raise ValueError("sentence must be a non-empty string.")
     text = server_notice_frame(sentence, group, code)
     await _layer().group_send(
-        group_address(group), {"type": "skapi.frame", "text": text, "rid": group}
+        group_address(group), frame_event(text, rid=group)
     )
     runtime.counters["server_messages"] += 1
 
@@ -147,7 +136,7 @@ async def adisconnect_user(user_id: str, *, code: int = CLOSE_BY_SERVER) -> None
     """Close every open connection of ``user_id``; each one's group gets
     ``USER_DISCONNECTED``. The client may reconnect: refuse it at login for a ban."""
     _check_user_id(user_id)
-    await _layer().group_send(user_address(user_id), {"type": "skapi.close", "code": code})
+    await _layer().group_send(user_address(user_id), close_event(code))
 
 
 async def adisconnect_connection(cid: str, *, code: int = CLOSE_BY_SERVER) -> bool:
@@ -165,7 +154,7 @@ def _channel_of(cid: str) -> str | None:
 
 async def close_channel(channel_name: str, code: int = CLOSE_BY_SERVER) -> None:
     """Ask the consumer behind ``channel_name`` to close its socket."""
-    await _layer().send(channel_name, {"type": "skapi.close", "code": code})
+    await _layer().send(channel_name, close_event(code))
 
 
 # Listing: the same query code as the endpoints (PROTOCOL sections 7 and 8).

@@ -13,24 +13,27 @@ from django.utils.translation import gettext_lazy as _
 
 from skapi_channels.conf import DEFAULTS
 
+# The group_name columns hold this many characters (models.py).
+MAX_STORED_GROUP_NAME = 255
+
 POSITIVE_INTEGERS = (
     "MAX_FRAME_BYTES",
     "MAX_GROUP_NAME_LENGTH",
     "RATE_BURST",
     "MAX_CONNECTIONS_PER_USER",
-    "GROUPS_CREATED_PER_MINUTE",
-    "HANDSHAKES_PER_MINUTE",
-    "FLOOD_CLOSE_AFTER",
     "MISSED_CLOSE_AFTER",
     "TOKEN_MAX_AGE",
 )
 POSITIVE_NUMBERS = (
     "RATE_PER_SECOND",
+    "FLOOD_CLOSE_AFTER",
     "USER_CACHE_SECONDS",
     "HEARTBEAT_INTERVAL",
     "DEAD_AFTER",
     "REAP_INTERVAL",
 )
+# Limits beyond the protocol: 0 turns them off.
+OPTIONAL_LIMITS = ("GROUPS_CREATED_PER_MINUTE", "HANDSHAKES_PER_MINUTE")
 CALLABLES = ("USER_ID_FUNCTION", "USER_LOOKUP_FUNCTION")
 
 
@@ -69,6 +72,16 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:  # noqa: C901
                 Error(
                     f"SKAPI_CHANNELS[{name!r}] must be a positive integer, not {value!r}.",
                     hint=f"The default is {DEFAULTS[name]!r}.",
+                    id="skapi_channels.E003",
+                )
+            )
+    for name in OPTIONAL_LIMITS:
+        value = user.get(name, DEFAULTS[name])
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            errors.append(
+                Error(
+                    f"SKAPI_CHANNELS[{name!r}] must be a whole number, not {value!r}.",
+                    hint=f"0 turns the limit off; the default is {DEFAULTS[name]!r}.",
                     id="skapi_channels.E003",
                 )
             )
@@ -127,6 +140,16 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:  # noqa: C901
                     id="skapi_channels.E008",
                 )
             )
+    length = user.get("MAX_GROUP_NAME_LENGTH", DEFAULTS["MAX_GROUP_NAME_LENGTH"])
+    if isinstance(length, int) and length > MAX_STORED_GROUP_NAME:
+        errors.append(
+            Error(
+                f"SKAPI_CHANNELS['MAX_GROUP_NAME_LENGTH'] must be at most "
+                f"{MAX_STORED_GROUP_NAME}, not {length!r}: longer names do not fit the tables.",
+                hint="The protocol's default is 128.",
+                id="skapi_channels.E010",
+            )
+        )
     limit = user.get("SEND_BUFFER_LIMIT", DEFAULTS["SEND_BUFFER_LIMIT"])
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         errors.append(

@@ -29,11 +29,13 @@ DEFAULTS: dict[str, Any] = {
     "RATE_BURST": 40,
     "MAX_CONNECTIONS_PER_USER": 10,
     # New groups one user may create a minute, and handshakes one IP address may
-    # make a minute (each counted per server process).
-    "GROUPS_CREATED_PER_MINUTE": 30,
+    # make a minute (each counted per server process). 0 turns a limit off: joining
+    # is already bounded by the frame rate.
+    "GROUPS_CREATED_PER_MINUTE": 0,
     "HANDSHAKES_PER_MINUTE": 600,
-    # Rate-limited frames in a row after which a flooding client is closed (4008).
-    "FLOOD_CLOSE_AFTER": 200,
+    # Seconds of sending at twice RATE_PER_SECOND or more after which a flooding
+    # client is closed (4008).
+    "FLOOD_CLOSE_AFTER": 10.0,
     # Bytes daphne may buffer for a client that stopped reading before it is
     # closed with 4009 (send_buffer.py); 0 leaves daphne unbounded.
     "SEND_BUFFER_LIMIT": 4 * 1024 * 1024,
@@ -102,7 +104,7 @@ class Settings:
     MAX_CONNECTIONS_PER_USER: int
     GROUPS_CREATED_PER_MINUTE: int
     HANDSHAKES_PER_MINUTE: int
-    FLOOD_CLOSE_AFTER: int
+    FLOOD_CLOSE_AFTER: float
     SEND_BUFFER_LIMIT: int
     MISSED_CLOSE_AFTER: int
     USER_ID_FUNCTION: Callable[[Any], str]

@@ -21,8 +21,13 @@ from skapi_channels.addressing import group_address, user_address
 from skapi_channels.conf import conf
 from skapi_channels.handshake import authenticate, origin_allowed
 from skapi_channels.hooks import ask
-from skapi_channels.limits import TokenBucket, limiter
+from skapi_channels.limits import FloodMeter, TokenBucket, limiter
 from skapi_channels.protocol import (
+    CLOSE_BY_SERVER,
+    CLOSE_FLOODING,
+    CLOSE_SERVER_RESTART,
+    CLOSE_TOO_FAR_BEHIND,
+    EVENT_DRAINED,
     INVALID_PARAMETER,
     INVALID_REQUEST,
     MISSED_MESSAGES,
@@ -35,6 +40,7 @@ from skapi_channels.protocol import (
     FrameError,
     ack_frame,
     error_frame,
+    frame_event,
     id_of_unparsed,
     message_frame,
     not_joined_sentence,
@@ -44,13 +50,9 @@ from skapi_channels.protocol import (
     utf8_length_over,
 )
 from skapi_channels.runtime import announce_departure, runtime
+from skapi_channels.send_buffer import ACCEPT_MARK
 
 logger = logging.getLogger("skapi_channels")
-
-# Close codes.
-CLOSE_FLOODING = 4008
-CLOSE_TOO_FAR_BEHIND = 4009
-CLOSE_SERVER_RESTART = 1012
 
 # Oversized frames are still read for their id up to this size.
 ID_SCAN_LIMIT = 1024 * 1024
@@ -60,6 +62,7 @@ class RealtimeConsumer(AsyncConsumer):
     cid: str | None = None
     user_id: str = ""
     group: str | None = None
+    closing = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -99,7 +102,11 @@ class RealtimeConsumer(AsyncConsumer):
             return await self.refuse()
         # The project's function may read the database: run it off the event loop.
         user_id = str(await database_sync_to_async(conf.USER_ID_FUNCTION)(user))
-        await runtime.ensure_started()
+        try:
+            await runtime.ensure_started()
+        except Exception:
+            logger.exception("Could not register this server process; refusing a handshake")
+            return await self.refuse()
         cid = secrets.token_urlsafe(16)
         opened = await presence.aopen_connection(
             cid, self.channel_name, user_id, runtime.id, conf.MAX_CONNECTIONS_PER_USER
@@ -108,7 +115,8 @@ class RealtimeConsumer(AsyncConsumer):
             return await self.refuse()
         self.cid, self.user_id = cid, user_id
         self.bucket = TokenBucket(conf.RATE_PER_SECOND, conf.RATE_BURST)
-        self.strikes = 0
+        # PROTOCOL 6: twice the sustained rate for FLOOD_CLOSE_AFTER seconds closes.
+        self.flood = FloodMeter(2 * conf.RATE_PER_SECOND, conf.FLOOD_CLOSE_AFTER)
         self.missed = 0
         report_missed_to = getattr(self.channel_layer, "report_missed_to", None)
         if report_missed_to is not None:
@@ -116,7 +124,7 @@ class RealtimeConsumer(AsyncConsumer):
         await self.channel_layer.group_add(user_address(user_id), self.channel_name)
         runtime.connections.add(self)
         runtime.counters["connections_opened"] += 1
-        await self.base_send({"type": "websocket.accept"})
+        await self.base_send({"type": "websocket.accept", ACCEPT_MARK: True})
         await signals.connection_opened.asend(RealtimeConsumer, user_id=user_id, cid=cid)
 
     async def refuse(self) -> None:
@@ -133,24 +141,34 @@ class RealtimeConsumer(AsyncConsumer):
         cid, self.cid = self.cid, None
         assert cid is not None
         runtime.connections.discard(self)
-        await self.channel_layer.group_discard(user_address(self.user_id), self.channel_name)
-        if self.group is not None:
-            await self.channel_layer.group_discard(group_address(self.group), self.channel_name)
+        # The rows first: whatever the layer raises, presence stays true.
         departure = await presence.aclose_connection(cid)
+        try:
+            await self.channel_layer.group_discard(user_address(self.user_id), self.channel_name)
+            if self.group is not None:
+                await self.channel_layer.group_discard(
+                    group_address(self.group), self.channel_name
+                )
+        except Exception:
+            # The layer forgets the channel when its group expires.
+            logger.exception("Could not remove connection %s from its layer groups", cid)
         if departure is not None:
             if departure.group_name is not None:
                 await self.notify(USER_DISCONNECTED, departure.group_name, cid=cid)
             await announce_departure(RealtimeConsumer, departure)
 
     async def close_from_server(self, code: int) -> None:
+        self.closing = True  # frames still arriving are not answered
         await self.base_send({"type": "websocket.close", "code": code})
 
     # Client frames.
 
     async def websocket_receive(self, message: dict[str, Any]) -> None:
+        if self.closing:
+            return
         text = message.get("text")
+        flooding = self.flood.frame()
         if not self.bucket.take():
-            self.strikes += 1
             frame_id = id_of_unparsed(text) if text and len(text) <= ID_SCAN_LIMIT else None
             await self.send_error(
                 RATE_LIMITED,
@@ -158,10 +176,9 @@ class RealtimeConsumer(AsyncConsumer):
                 f"bursts of {conf.RATE_BURST}.",
                 frame_id,
             )
-            if self.strikes >= conf.FLOOD_CLOSE_AFTER:
+            if flooding:
                 await self.close_from_server(CLOSE_FLOODING)
             return
-        self.strikes = 0
         if text is None:
             return await self.send_error(
                 INVALID_REQUEST, "Binary frames are not accepted; send JSON text frames."
@@ -190,7 +207,7 @@ class RealtimeConsumer(AsyncConsumer):
             )
         text = self.encode(private_frame, frame, self.user_id, self.cid)
         await self.channel_layer.group_send(
-            user_address(uid), {"type": "skapi.frame", "text": text, "uid": uid}
+            user_address(uid), frame_event(text, uid=uid)
         )
         runtime.counters["private_messages"] += 1
         if signals.message_sent.receivers:
@@ -203,7 +220,7 @@ class RealtimeConsumer(AsyncConsumer):
             raise FrameError(INVALID_REQUEST, not_joined_sentence(rid), frame.id)
         text = self.encode(message_frame, frame, self.user_id, self.cid, rid)
         await self.channel_layer.group_send(
-            group_address(rid), {"type": "skapi.frame", "text": text, "rid": rid}
+            group_address(rid), frame_event(text, rid=rid)
         )
         runtime.counters["group_messages"] += 1
         if signals.message_sent.receivers:
@@ -252,7 +269,7 @@ class RealtimeConsumer(AsyncConsumer):
         await self.channel_layer.group_discard(group_address(group), self.channel_name)
         try:
             await self.channel_layer.send(
-                self.channel_name, {"type": "skapi.drained", "rid": group}
+                self.channel_name, {"type": EVENT_DRAINED, "rid": group}
             )
         except ChannelFull:
             return  # nothing more can be queued for us either
@@ -306,21 +323,17 @@ class RealtimeConsumer(AsyncConsumer):
             await self.close_from_server(CLOSE_TOO_FAR_BEHIND)
 
     async def skapi_close(self, event: dict[str, Any]) -> None:
-        await self.close_from_server(int(event.get("code", 4000)))
+        await self.close_from_server(int(event.get("code", CLOSE_BY_SERVER)))
 
     # Helpers.
 
     async def notify(
         self, code: str, group: str, skip: str | None = None, cid: str | None = None
     ) -> None:
-        event: dict[str, Any] = {
-            "type": "skapi.frame",
-            "text": notice_frame(code, self.user_id, cid or self.cid or "", group),
-            "rid": group,
-        }
-        if skip is not None:
-            event["skip"] = skip
-        await self.channel_layer.group_send(group_address(group), event)
+        text = notice_frame(code, self.user_id, cid or self.cid or "", group)
+        await self.channel_layer.group_send(
+            group_address(group), frame_event(text, rid=group, skip=skip)
+        )
 
     async def announce_move(self, old: str | None, new: str | None) -> None:
         if old is not None:
@@ -363,7 +376,9 @@ class RealtimeConsumer(AsyncConsumer):
     async def send_text(self, text: str) -> None:
         try:
             await self.base_send({"type": "websocket.send", "text": text})
-        except Exception:
+        except (RuntimeError, OSError):
             # The socket closed under us (servers raise on a send after close);
             # its disconnect event follows and cleans up.
             logger.debug("Dropped a frame for closed connection %s", self.cid)
+        except Exception:
+            logger.exception("Could not send a frame to connection %s", self.cid)

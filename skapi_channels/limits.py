@@ -30,7 +30,8 @@ class TokenBucket:
 
 
 class KeyedLimiter:
-    """A token bucket per key (a user, an IP address), for the keys seen lately.
+    """A token bucket per key (a user, an IP address), for the keys seen lately;
+    ``per_minute`` 0 allows everything.
 
     Counted in this process only: with N processes a key may get up to N times the
     rate, which bounds abuse without a shared store on the hot path.
@@ -52,10 +53,12 @@ class KeyedLimiter:
         return bucket
 
     def take(self, key: str) -> bool:
-        return self._bucket(key).take()
+        return self.per_minute <= 0 or self._bucket(key).take()
 
     def available(self, key: str) -> bool:
         """Whether ``take`` would succeed now, without taking."""
+        if self.per_minute <= 0:
+            return True
         bucket = self._bucket(key)
         if bucket.take():
             bucket.tokens += 1.0
@@ -79,3 +82,34 @@ def limiter(name: str, per_minute: int) -> KeyedLimiter:
 
 
 conf.on_reload(_limiters.clear)
+
+
+class FloodMeter:
+    """Whether a connection keeps sending at ``rate`` frames a second or more.
+
+    Frames are counted in windows of about a second, each starting with the first
+    frame after the previous one ended; a window whose frames came at ``rate`` or
+    more extends the flood, any other ends it. ``frame()`` says True once the flood
+    has lasted ``seconds``.
+    """
+
+    __slots__ = ("rate", "seconds", "window_start", "window_frames", "flooding_for")
+
+    def __init__(self, rate: float, seconds: float) -> None:
+        self.rate = rate
+        self.seconds = seconds
+        self.window_start = time.monotonic()
+        self.window_frames = 0
+        self.flooding_for = 0.0
+
+    def frame(self) -> bool:
+        now = time.monotonic()
+        elapsed = now - self.window_start
+        if elapsed >= 1.0:
+            if self.window_frames >= self.rate * elapsed:
+                self.flooding_for += elapsed
+            else:
+                self.flooding_for = 0.0
+            self.window_start, self.window_frames = now, 0
+        self.window_frames += 1
+        return self.flooding_for >= self.seconds

@@ -27,6 +27,8 @@ from typing import Any
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
 
+from skapi_channels.protocol import EVENT_MISSED
+
 logger = logging.getLogger("skapi_channels")
 
 
@@ -93,7 +95,7 @@ class LocalChannelLayer(BaseChannelLayer):
             state.last_read = time.monotonic()
             if state.missed:
                 count, state.missed = state.missed, 0
-                return {"type": "skapi.missed", "count": count}
+                return {"type": EVENT_MISSED, "count": count}
             if state.messages:
                 return state.messages.popleft()
             waiter = asyncio.get_running_loop().create_future()

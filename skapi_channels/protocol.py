@@ -19,6 +19,20 @@ MISSED_MESSAGES = "MISSED_MESSAGES"
 USER_JOINED = "USER_JOINED"
 USER_LEFT = "USER_LEFT"
 USER_DISCONNECTED = "USER_DISCONNECTED"
+SERVER_NOTICE = "SERVER_NOTICE"
+
+# Close codes.
+CLOSE_SERVER_RESTART = 1012  # this process was taken for dead; reconnect
+CLOSE_BY_SERVER = 4000  # an operator or site code ended the connection
+CLOSE_REVOKED = 4001  # the login behind the socket is gone (logout, password, user)
+CLOSE_FLOODING = 4008
+CLOSE_TOO_FAR_BEHIND = 4009
+
+# Channel-layer event types: the app's own, never taken from client input.
+EVENT_FRAME = "skapi.frame"  # a server frame, already encoded, to deliver
+EVENT_CLOSE = "skapi.close"  # close the socket with ``code``
+EVENT_DRAINED = "skapi.drained"  # marker: a left group's queued events end here
+EVENT_MISSED = "skapi.missed"  # the layer dropped ``count`` events for this channel
 
 ACTIONS = ("sendMessage", "broadcast", "joinRoom", "keepAlive")
 MAX_ID_LENGTH = 64
@@ -241,6 +255,30 @@ def top_level_id(text: str) -> FrameId:
     return None
 
 
+# Channel-layer events.
+
+
+def frame_event(
+    text: str, *, rid: str | None = None, uid: str | None = None, skip: str | None = None
+) -> dict[str, Any]:
+    """The event delivering the encoded server frame ``text`` to the members of
+    group ``rid`` or the connections of user ``uid`` (receivers compare the name,
+    so a layer-address collision delivers nothing); ``skip`` names a channel that
+    must not get it."""
+    event: dict[str, Any] = {"type": EVENT_FRAME, "text": text}
+    if rid is not None:
+        event["rid"] = rid
+    if uid is not None:
+        event["uid"] = uid
+    if skip is not None:
+        event["skip"] = skip
+    return event
+
+
+def close_event(code: int, **extra: Any) -> dict[str, Any]:
+    return {"type": EVENT_CLOSE, "code": code, **extra}
+
+
 # Server frames.
 
 
@@ -278,4 +316,22 @@ def notice_frame(code: str, user_id: str, cid: str, rid: str) -> str:
             "#scid": cid,
             "#srid": rid,
         }
+    )
+
+
+# Frames the server sends on its own (api.py): ``#scid`` null, ``#user_id`` null or
+# the user the site speaks for.
+
+
+def server_private_frame(content: Any, sender: str | None = None) -> str:
+    return dumps({"#private": content, "#user_id": sender, "#scid": None, "#srid": None})
+
+
+def server_message_frame(content: Any, group: str, sender: str | None = None) -> str:
+    return dumps({"#message": content, "#user_id": sender, "#scid": None, "#srid": group})
+
+
+def server_notice_frame(sentence: str, group: str, code: str = SERVER_NOTICE) -> str:
+    return dumps(
+        {"#notice": sentence, "#code": code, "#user_id": None, "#scid": None, "#srid": group}
     )

@@ -71,7 +71,15 @@ class UserQuery:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) or math.isfinite(value)  # an int of any size is finite
+
+
+def _count_bound(value: int | float) -> int | float:
+    """``value`` moved into a range a float holds; beyond the counts' range every
+    bound means the same (all rows or none), so nothing changes meaning."""
+    return max(COUNT_FLOOR - 1, min(COUNT_CEILING + 1, value))
 
 
 def _paging(body: dict[str, Any]) -> tuple[int, bool]:
@@ -149,6 +157,9 @@ def parse_group_query(body: dict[str, Any]) -> GroupQuery:
                 raise InvalidParameter("range: " + problem)
         elif not _is_number(range_):
             raise InvalidParameter("range must be a number, like value.")
+    if search_for == "number_of_users":
+        value = None if value is None else _count_bound(value)
+        range_ = None if range_ is None else _count_bound(range_)
     limit, ascending = _paging(body)
     start_key = _start_key(body.get("startKey"), {"group": str, "number_of_users": int})
     return GroupQuery(search_for, value, canonical, range_, limit, ascending, start_key)

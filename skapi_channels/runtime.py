@@ -32,7 +32,12 @@ from django.utils import timezone
 from skapi_channels import presence, signals
 from skapi_channels.addressing import group_address, user_address
 from skapi_channels.conf import conf
-from skapi_channels.protocol import USER_DISCONNECTED, notice_frame
+from skapi_channels.protocol import (
+    CLOSE_SERVER_RESTART,
+    USER_DISCONNECTED,
+    frame_event,
+    notice_frame,
+)
 
 logger = logging.getLogger("skapi_channels")
 
@@ -75,9 +80,15 @@ class ServerRuntime:
         if self._loop is not loop:
             self._loop = loop
             self.connections.clear()
-            self._starting = loop.create_task(self._start())
-        assert self._starting is not None
-        await asyncio.shield(self._starting)
+            self._starting = None
+        starting = self._starting
+        if starting is None or (
+            starting.done() and (starting.cancelled() or starting.exception() is not None)
+        ):
+            # First call, or the last start failed (the database was unavailable):
+            # this handshake tries again.
+            starting = self._starting = loop.create_task(self._start())
+        await asyncio.shield(starting)
 
     async def _start(self) -> None:
         await presence.aregister_server(self.id, self.host, self.pid, self.started_at)
@@ -222,7 +233,7 @@ class ServerRuntime:
         )
         await presence.aregister_server(self.id, self.host, self.pid, self.started_at)
         for local in list(self.connections):
-            await local.close_from_server(1012)
+            await local.close_from_server(CLOSE_SERVER_RESTART)
 
     async def _reaps(self) -> None:
         while True:
@@ -254,8 +265,7 @@ async def send_disconnect_notices(departures: list[presence.Departure]) -> None:
             USER_DISCONNECTED, departure.user_id, departure.cid, departure.group_name
         )
         await layer.group_send(
-            group_address(departure.group_name),
-            {"type": "skapi.frame", "text": text, "rid": departure.group_name},
+            group_address(departure.group_name), frame_event(text, rid=departure.group_name)
         )
 
 

@@ -3,8 +3,9 @@
 daphne writes every ``websocket.send`` straight into the socket's Twisted transport,
 which buffers without limit: one client that does not read would grow the server's
 memory with every message for it. ASGI gives the application no view of that
-buffer, so this wraps daphne's send: once more than ``SEND_BUFFER_LIMIT`` bytes wait
-for a client, further messages to it are not buffered and it is closed with 4009
+buffer, so this wraps daphne's send of the sockets our consumer accepted (it marks
+its ``websocket.accept``; every other socket of the host project keeps daphne's own
+send): once more than ``SEND_BUFFER_LIMIT`` bytes wait for a client, further messages to it are not buffered and it is closed with 4009
 ("too far behind"); its consumer then cleans up as for any close, and its group is
 told ``USER_DISCONNECTED``. Under servers with backpressure (uvicorn) the consumer's
 send waits instead, its layer queue fills, and the client is told
@@ -18,7 +19,6 @@ from typing import Any
 
 logger = logging.getLogger("skapi_channels")
 
-CLOSE_TOO_FAR_BEHIND = 4009
 _installed = False
 
 
@@ -29,20 +29,63 @@ def pending_bytes(transport: Any) -> int:
     return max(0, len(buffered) - offset) + getattr(transport, "_tempDataLen", 0)
 
 
+# The key our consumer adds to its ``websocket.accept``: only sockets accepted with
+# it get the limit (servers ignore keys they do not know).
+ACCEPT_MARK = "skapi_channels.send_limit"
+# What the wrapper reads of daphne and Twisted; if any moved, it stands down.
+DAPHNE_ATTRIBUTES = ("serverSend", "serverClose", "handle_reply", "STATE_OPEN")
+TWISTED_ATTRIBUTES = ("dataBuffer", "offset")
+
+
+def missing_attributes(protocol_class: Any, transport_class: Any) -> list[str]:
+    missing = [
+        f"{protocol_class.__name__}.{name}"
+        for name in DAPHNE_ATTRIBUTES
+        if not hasattr(protocol_class, name)
+    ]
+    missing += [
+        f"{transport_class.__name__}.{name}"
+        for name in TWISTED_ATTRIBUTES
+        if not hasattr(transport_class, name)
+    ]
+    return missing
+
+
 def install_daphne_send_limit() -> None:
-    """Wrap daphne's WebSocket send with the limit (once; the setting is read at each send)."""
+    """Wrap daphne's WebSocket send with the limit (once), for
+    the sockets our consumer accepted; every other socket of the host project gets
+    daphne's own send, unchanged."""
     global _installed
     if _installed:
         return
     try:
         from daphne.ws_protocol import WebSocketProtocol
+        from twisted.internet.abstract import FileDescriptor
     except ImportError:  # not served by daphne
         return
+    _installed = True
+    missing = missing_attributes(WebSocketProtocol, FileDescriptor)
+    if missing:
+        logger.warning(
+            "Not bounding daphne's send buffer: this daphne or Twisted lacks %s. Clients "
+            "that stop reading are then only bounded by MISSED_CLOSE_AFTER.",
+            ", ".join(missing),
+        )
+        return
     from skapi_channels.conf import conf
+    from skapi_channels.protocol import CLOSE_TOO_FAR_BEHIND
 
-    original = WebSocketProtocol.serverSend
+    original_send = WebSocketProtocol.serverSend
+    original_reply = WebSocketProtocol.handle_reply
+
+    def handle_reply(self: Any, message: dict[str, Any]) -> None:
+        if message.get(ACCEPT_MARK) and message.get("type") == "websocket.accept":
+            self._skapi_send_limit = True
+        original_reply(self, message)
 
     def serverSend(self: Any, content: Any, binary: bool = False) -> None:
+        if not getattr(self, "_skapi_send_limit", False):
+            return original_send(self, content, binary)  # not our socket
         if self.state != self.STATE_OPEN:
             return  # closing: daphne's disconnect event is on its way
         limit = conf.SEND_BUFFER_LIMIT  # cached by the settings object
@@ -54,8 +97,8 @@ def install_daphne_send_limit() -> None:
                     pending_bytes(self.transport),
                 )
                 self.serverClose(code=CLOSE_TOO_FAR_BEHIND)
-            return
-        original(self, content, binary)
+            return None
+        return original_send(self, content, binary)
 
+    WebSocketProtocol.handle_reply = handle_reply
     WebSocketProtocol.serverSend = serverSend
-    _installed = True

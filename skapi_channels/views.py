@@ -2,7 +2,8 @@
 
 Authentication is the session cookie, which must pass Django's CSRF check, or a
 handshake token as ``Authorization: Bearer``, which needs none. Every refusal is
-JSON: 400 bad parameters, 401 not logged in, 403 CSRF, 405 not POST.
+JSON: 400 bad parameters, 401 not logged in, 403 CSRF, 405 not POST, 413 a body
+over ``DATA_UPLOAD_MAX_MEMORY_SIZE``, 415 a form instead of JSON.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
@@ -50,6 +52,28 @@ def bearer_token(request: HttpRequest) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
+FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+def body_refusal(request: HttpRequest) -> HttpResponse | None:
+    """A JSON refusal of a body these endpoints cannot read, or None.
+
+    Forms are refused before anything reads them (Django's CSRF check would parse
+    them, after which the raw body is gone), and the body is read here once, so
+    Django's size limit answers JSON rather than its HTML 400."""
+    if request.content_type in FORMS:
+        return json_error(
+            415, "INVALID_REQUEST", "The body must be JSON (Content-Type: application/json)."
+        )
+    try:
+        request.body  # noqa: B018 (read once, cached by Django)
+    except RequestDataTooBig:
+        return json_error(413, "INVALID_REQUEST", "The body is too large.")
+    except SuspiciousOperation:
+        return json_error(400, "INVALID_REQUEST", "The body cannot be read.")
+    return None
+
+
 def endpoint(*, bearer: bool = True) -> Callable[[Handler], Callable[[HttpRequest], HttpResponse]]:
     """POST only, authenticated, JSON-object body; ``bearer`` allows token auth."""
 
@@ -61,6 +85,9 @@ def endpoint(*, bearer: bool = True) -> Callable[[Handler], Callable[[HttpReques
                 response = json_error(405, "INVALID_REQUEST", "Only POST is served here.")
                 response["Allow"] = "POST"
                 return response
+            refusal = body_refusal(request)
+            if refusal is not None:
+                return refusal
             token = bearer_token(request) if bearer else None
             if token is not None:
                 user_pk = read_token(token)

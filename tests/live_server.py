@@ -28,8 +28,14 @@ def free_port() -> int:
 class Server:
     """``python -m daphne`` on a fixed port and database, restartable."""
 
-    def __init__(self, workdir: Path, settings: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        settings: dict[str, Any] | None = None,
+        application: str = "project.asgi:application",
+    ) -> None:
         self.workdir = workdir
+        self.application = application
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
@@ -73,7 +79,7 @@ class Server:
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-                 "project.asgi:application"],
+                 self.application],
                 cwd=ROOT,
                 env=self.env,
                 stdout=log,

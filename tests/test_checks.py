@@ -33,6 +33,9 @@ def test_defaults_pass():
         ({"WEBSOCKET_PATH": 3}, "skapi_channels.E007"),
         ({"AUTHORIZE_JOIN": "os.nothing_here"}, "skapi_channels.E008"),
         ({"MAX_FRAME_SIZE": 1}, "skapi_channels.E002"),
+        ({"MAX_GROUP_NAME_LENGTH": 256}, "skapi_channels.E010"),
+        ({"GROUPS_CREATED_PER_MINUTE": -1}, "skapi_channels.E003"),
+        ({"FLOOD_CLOSE_AFTER": 0}, "skapi_channels.E004"),
     ],
 )
 def test_bad_settings_are_reported(settings, expected):
@@ -51,3 +54,8 @@ def test_manage_py_check_fails_with_the_hint():
         pytest.raises(SystemCheckError, match="positive integer"),
     ):
         call_command("check")
+
+
+def test_limits_beyond_the_protocol_may_be_off_and_names_may_fill_the_column():
+    assert ids(GROUPS_CREATED_PER_MINUTE=0, HANDSHAKES_PER_MINUTE=0) == []
+    assert ids(MAX_GROUP_NAME_LENGTH=255, FLOOD_CLOSE_AFTER=2.5) == []

@@ -116,14 +116,69 @@ async def test_burst_past_the_rate_limit_is_refused_frame_by_frame(users, connec
     await in_db(presence_is_true)
 
 
-@override_settings(SKAPI_CHANNELS={"RATE_BURST": 2, "FLOOD_CLOSE_AFTER": 5, "RATE_PER_SECOND": 0.01})
+async def send_paced(client, per_second: float, seconds: float) -> int:
+    """Send keepAlives with ids at about ``per_second`` (never faster) for ``seconds``."""
+    import asyncio
+
+    count = int(per_second * seconds)
+    for number in range(count):
+        await client.send({"action": "keepAlive", "id": number})
+        await asyncio.sleep(1 / per_second)
+    return count
+
+
+@override_settings(SKAPI_CHANNELS={"FLOOD_CLOSE_AFTER": 1.5})
 async def test_a_flooding_client_is_closed_with_4008(users, connect, presence_is_true):
+    # 150 frames a second, over seven times the sustained rate: the refill between
+    # frames must not forgive the flood.
+    import asyncio
+
     a = await connect(users.alice)
-    for _ in range(2 + 5):
-        await a.send({"action": "keepAlive"})
-    for _ in range(5):
-        assert (await a.receive())["#code"] == "RATE_LIMITED"
-    assert await a.receive_close() == 4008
+    sent = await send_paced(a, 150, 4)
+    answered: list[object] = []
+    while (output := await a.communicator.receive_output(5))["type"] != "websocket.close":
+        answer = json.loads(output["text"])
+        answered.append(answer.get("#ack", answer.get("#id")))
+    assert output["code"] == 4008
+    a.closed = True
+    # Every frame before the close was answered in order, limited ones too; after
+    # it, nothing more.
+    assert answered == list(range(len(answered)))
+    assert 150 < len(answered) < sent
+    await a.nothing()
+    await asyncio.sleep(0.1)
+    await in_db(presence_is_true)
+
+
+@override_settings(SKAPI_CHANNELS={"FLOOD_CLOSE_AFTER": 1.0})
+async def test_a_client_at_the_sustained_rate_is_never_closed(users, connect):
+    a = await connect(users.alice)
+    count = await send_paced(a, 20, 2.5)
+    answers = [await a.receive(5) for _ in range(count)]
+    assert all("#ack" in answer or answer["#code"] == "RATE_LIMITED" for answer in answers)
+    await a.request({"action": "keepAlive", "id": "still open"})
+
+
+def test_flood_meter_counts_seconds_at_twice_the_rate(monkeypatch):
+    from skapi_channels import limits
+
+    clock = [100.0]
+    monkeypatch.setattr(limits.time, "monotonic", lambda: clock[0])
+    meter = limits.FloodMeter(40, 10)
+
+    def run(per_second: float, seconds: float) -> bool:
+        flooded = False
+        for _ in range(int(per_second * seconds)):
+            flooded = meter.frame() or flooded
+            clock[0] += 1 / per_second
+        return flooded
+
+    assert not run(39, 30)  # just under twice the rate, for long: never
+    assert not run(150, 8.5)  # a flood shorter than ten seconds
+    assert not run(10, 2)  # a pause forgives it
+    assert run(42, 11)  # twice the rate, for ten seconds
+    meter = limits.FloodMeter(40, 10)
+    assert not run(150, 9.9) and run(150, 0.3)
 
 
 async def test_a_slow_receiver_is_told_what_it_missed(users, connect):
@@ -171,6 +226,12 @@ async def test_a_receiver_too_far_behind_is_closed_with_4009(users, connect):
     for _ in range(2):
         assert (await b.receive())["#code"] == "MISSED_MESSAGES"
     assert await b.receive_close() == 4009
+
+
+async def test_joining_new_groups_at_the_frame_rate_is_not_limited_by_default(users, connect):
+    a = await connect(users.alice)
+    for number in range(38):
+        await a.join(f"room {number}", number)
 
 
 @override_settings(SKAPI_CHANNELS={"GROUPS_CREATED_PER_MINUTE": 2})

@@ -362,3 +362,68 @@ def test_not_equal_pages_across_both_sides_of_the_value(client, populate, ascend
     )
     assert [name for page in pages for name in page] == expected
     assert all(len(page) == 7 for page in pages[:-1])
+
+
+# Nothing a client sends is a 500.
+
+
+@pytest.mark.parametrize(
+    "body,expected",
+    [
+        ({"searchFor": "number_of_users", "value": 10**400, "condition": "<"}, list(SIZES)),
+        ({"searchFor": "number_of_users", "value": -(10**400), "condition": ">"}, list(SIZES)),
+        ({"searchFor": "number_of_users", "value": 10**400}, []),
+        ({"searchFor": "number_of_users", "value": -(10**400), "range": 10**400}, list(SIZES)),
+        ({"searchFor": "number_of_users", "value": 2, "range": 10**309}, ["Beta", "Hello", "HelloWorld", "Zed"]),
+    ],
+)
+def test_numbers_beyond_float_range_are_bounds_not_errors(client, sample, body, expected):
+    status, answer = post(client, "/realtime/groups/", json.dumps(body))
+    assert status == 200, answer
+    assert sorted(names(answer)) == sorted(expected)
+
+
+def test_python_api_takes_numbers_beyond_float_range(sample):
+    from skapi_channels import api
+
+    page = api.list_groups(search_for="number_of_users", value=10**400, condition="<=")
+    assert len(page.items) == len(SIZES)
+
+
+@pytest.mark.parametrize("path", ["/realtime/groups/", "/realtime/users/", "/realtime/token/"])
+def test_forms_are_refused_with_json(client, path):
+    multipart = client.post(path, {"group": "x", "file": ("a" * 10)})
+    encoded = client.post(path, "group=x&a=1", content_type="application/x-www-form-urlencoded")
+    many = client.post(
+        path, "&".join(f"f{i}=1" for i in range(2000)),
+        content_type="application/x-www-form-urlencoded",
+    )
+    for response in (multipart, encoded, many):
+        assert response.status_code == 415
+        assert response["Content-Type"] == "application/json"
+        assert json.loads(response.content)["code"] == "INVALID_REQUEST"
+
+
+def test_forms_are_refused_with_json_under_csrf_checks(user):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+    response = client.post("/realtime/groups/", {"group": "x"})
+    assert response.status_code == 415 and json.loads(response.content)["message"]
+
+
+def test_a_body_over_the_upload_limit_is_refused_with_json(client, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    status, answer = post(client, "/realtime/groups/", json.dumps({"value": "x" * 2000}))
+    assert status == 413 and answer["code"] == "INVALID_REQUEST"
+    token, _ = issue_token(user_of(client))
+    status, answer = post(
+        Client(), "/realtime/users/", json.dumps({"group": "x" * 2000}),
+        HTTP_AUTHORIZATION=f"Bearer {token}",
+    )
+    assert status == 413
+
+
+def user_of(client: Client) -> Any:
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.get(pk=client.session["_auth_user_id"])

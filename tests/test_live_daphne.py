@@ -1,0 +1,66 @@
+"""On a real daphne: what the app does to the server stays with its own sockets, and
+whatever a client sends to a path, the answer is clean."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from tests.live_server import Server
+from tests.test_slow_receiver import token_for
+
+LIMIT = 256 * 1024
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    live = Server(
+        tmp_path_factory.mktemp("live"),
+        {"SEND_BUFFER_LIMIT": LIMIT},
+        application="tests.live_asgi:application",
+    )
+    live.prepare()
+    live.start()
+    yield live
+    live.stop()
+
+
+@pytest.mark.parametrize("path", ["/ws/nope/", "/ws/realtime", "/ws/realtime/x/", "/"])
+async def test_a_handshake_to_a_path_nothing_routes_is_refused_cleanly(server, path):
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(f"ws://127.0.0.1:{server.port}{path}"):
+            pass
+    assert refused.value.response.status_code in (403, 404)
+    await asyncio.sleep(0.2)
+    assert "Traceback" not in server.log() and "No route found" not in server.log()
+
+
+async def test_another_apps_socket_keeps_daphnes_own_send(server):
+    # A client that reads nothing for a while, of a plain consumer that sends far
+    # more than SEND_BUFFER_LIMIT: not ours, so never closed with 4009.
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    async with connect(
+        f"ws://127.0.0.1:{server.port}/ws/plain/", sock=sock, max_queue=1, max_size=None
+    ) as plain:
+        await plain.send("stream 2000")
+        await asyncio.sleep(2)  # daphne buffers while we do not read
+        received = [await asyncio.wait_for(plain.recv(), 20) for _ in range(2001)]
+        assert received[-1] == "streamed"
+        assert [int(text[:8]) for text in received[:-1]] == list(range(2000))
+        await plain.send("echo still open")
+        assert await plain.recv() == "still open"
+    assert "stopped reading" not in server.log()
+
+
+async def test_our_socket_is_still_bounded(server):
+    uri = f"ws://127.0.0.1:{server.port}/ws/realtime/?token={token_for(server, 'alice')}"
+    async with connect(uri) as alice:
+        await alice.send('{"action": "keepAlive", "id": 1}')
+        assert await alice.recv() == '{"#ack":1}'
