@@ -55,3 +55,15 @@ def test_follows_settings() -> None:
     html = render("{% skapi_realtime %}")
     assert html.startswith('<script src="/assets/skapi_channels/skapi-realtime.js" ')
     assert 'data-socket-path="/sockets/skapi/"' in html
+
+
+def test_user_id_of_a_logged_in_request() -> None:
+    user = SimpleNamespace(pk=42, is_authenticated=True)
+    html = render("{% skapi_realtime %}", request=SimpleNamespace(user=user))
+    assert html == SCRIPT + ' data-user-id="42"></script>'
+
+
+def test_no_user_id_for_an_anonymous_request() -> None:
+    user = SimpleNamespace(pk=None, is_authenticated=False)
+    html = render("{% skapi_realtime %}", request=SimpleNamespace(user=user))
+    assert html == SCRIPT + "></script>"

@@ -7,6 +7,7 @@ from project.demo import views
 
 urlpatterns = [
     path("", views.chat, name="chat"),
+    path("names/", views.names, name="names"),
     path(
         "login/",
         auth_views.LoginView.as_view(

@@ -1,27 +1,65 @@
-"""The demo chat page; everything realtime happens in the browser through ``skapi``."""
+"""The demo chat page; everything realtime happens in the browser through ``skapi``.
+
+The page embeds no list of users: it learns user_ids from the listing endpoints
+and the realtime events, and asks ``names`` for the names of those it shows.
+"""
 
 from __future__ import annotations
 
-from django.contrib.auth import get_user_model
+import json
+
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
+from django.views.decorators.http import require_POST
 
 from skapi_channels.conf import conf
+from skapi_channels.models import OnlineUser
 
-# A demo has a handful of users; the page shows names instead of bare ids.
-MAX_NAMED_USERS = 200
+# user_ids one names request may ask about (a page of participants).
+MAX_NAMES = 100
 
 
 @login_required
 @ensure_csrf_cookie  # the client reads the csrftoken cookie for its POSTs
 def chat(request: HttpRequest) -> HttpResponse:
-    user_id = conf.USER_ID_FUNCTION
-    users = get_user_model().objects.order_by("pk")[:MAX_NAMED_USERS]
-    names = {user_id(user): user.get_username() for user in users}
-    return render(
-        request,
-        "demo/chat.html",
-        {"me": {"user_id": user_id(request.user), "name": request.user.get_username()}, "names": names},
+    user_id = conf.USER_ID_FUNCTION(request.user)
+    me = {"user_id": user_id, "name": request.user.get_username()}
+    return render(request, "demo/chat.html", {"me": me})
+
+
+@require_POST
+def names(request: HttpRequest) -> JsonResponse:
+    """``{"user_ids": [...]}`` -> ``{"names": {user_id: username}}`` for the users
+    among them who are connected now (whom the listings and events can show);
+    anyone else is left out."""
+    if not request.user.is_authenticated:
+        return JsonResponse({"code": "INVALID_REQUEST", "message": "Log in first."}, status=401)
+    try:
+        body = json.loads(request.body or b"{}")
+    except ValueError:
+        body = None
+    user_ids = body.get("user_ids") if isinstance(body, dict) else None
+    if (
+        not isinstance(user_ids, list)
+        or len(user_ids) > MAX_NAMES
+        or not all(isinstance(uid, str) for uid in user_ids)
+    ):
+        return JsonResponse(
+            {
+                "code": "INVALID_PARAMETER",
+                "message": f'"user_ids" must be a list of at most {MAX_NAMES} strings.',
+            },
+            status=400,
+        )
+    online = set(
+        OnlineUser.objects.filter(user_id__in=set(user_ids)).values_list("user_id", flat=True)
     )
+    lookup = conf.USER_LOOKUP_FUNCTION  # active users only
+    found = {}
+    for uid in sorted(online):
+        user = lookup(uid)
+        if user is not None:
+            found[uid] = user.get_username()
+    return JsonResponse({"names": found})

@@ -24,7 +24,8 @@ def skapi_realtime(context: template.Context, auth: str = "") -> SafeString:
     """Render the client's ``<script>`` tag, with a CSP nonce when there is one.
 
     ``auth="token"`` makes the socket authenticate with a handshake token from the
-    token endpoint instead of the session cookie.
+    token endpoint instead of the session cookie. A logged-in request's user_id
+    becomes ``data-user-id`` (the client's ``skapi.user``).
     """
     if auth not in ("", "cookie", "token"):
         raise template.TemplateSyntaxError(
@@ -41,10 +42,22 @@ def skapi_realtime(context: template.Context, auth: str = "") -> SafeString:
     )
     if auth:
         html += format_html(' data-auth="{}"', auth)
+    user_id = _user_id(context)
+    if user_id is not None:
+        html += format_html(' data-user-id="{}"', user_id)
     nonce = _csp_nonce(context)
     if nonce:
         html += format_html(' nonce="{}"', nonce)
     return html + mark_safe("></script>")
+
+
+def _user_id(context: template.Context) -> str | None:
+    """The page user's user_id (the client's ``skapi.user``), when logged in."""
+    request = context.get("request")
+    user = getattr(request, "user", None)
+    if user is None or not getattr(user, "is_authenticated", False):
+        return None
+    return str(conf.USER_ID_FUNCTION(user))
 
 
 def _csp_nonce(context: template.Context) -> Any:

@@ -36,7 +36,8 @@ def settle(user: User, script: str, arg: Any = None) -> Any:
     resolved to, or ``{"rejected": <reason>}``."""
     return user.evaluate(
         f"(arg) => Promise.resolve().then(() => {script})"
-        ".then(value => value, reason => ({rejected: reason}))",
+        ".then(value => value, reason => ({rejected: reason instanceof SkapiError"
+        " ? {code: reason.code, message: reason.message} : String(reason)}))",
         arg,
     )
 

@@ -10,6 +10,10 @@
 (function (global) {
     'use strict';
 
+    if (global.SkapiRealtime && global.SkapiRealtime.SkapiError) {
+        return; // already loaded (the classic script, then the module build)
+    }
+
     // ---------------------------------------------------------------- errors
 
     var MSG = {
@@ -21,8 +25,21 @@
         noGroup: 'No group has been joined. Otherwise "group" is required.'
     };
 
+    // Every rejection is a SkapiError, as in skapi-js: an Error with `code`.
+    class SkapiError extends Error {
+        constructor(message, options) {
+            super(message);
+            this.name = 'SKAPI';
+            this.code = (options && options.code) || 'ERROR';
+        }
+
+        toJSON() {
+            return { code: this.code, message: this.message };
+        }
+    }
+
     function skapiError(code, message) {
-        return { code: code, message: message };
+        return new SkapiError(message, { code: code });
     }
 
     function rejectWith(code, message) {
@@ -173,8 +190,38 @@
         reconnectDelay: 500, // first backoff step, ms; doubles each attempt
         reconnectMaxDelay: 10000,
         ackTimeout: 30000, // ms to wait for the server's answer to a frame
-        csrfCookie: 'csrftoken'
+        csrfCookie: 'csrftoken',
+        userId: null // this page's user_id, shown as `skapi.user`
     };
+
+    // Close codes after which reconnecting cannot help (PROTOCOL section 13):
+    // the event the callback gets instead.
+    var FINAL_CLOSES = {
+        4000: { code: 'CLOSED_BY_SERVER', message: 'Skapi: the server closed the connection.' },
+        4001: { code: 'REVOKED', message: 'Skapi: the login behind the connection has ended. Log in again.' },
+        4008: { code: 'FLOODING', message: 'Skapi: the connection was closed for sending too many frames.' }
+    };
+    var REFUSED = { code: 'REFUSED', message: 'Skapi: the server refused the connection.' };
+
+    // keepAlive ticks come from a Worker where the page allows one: browsers
+    // throttle a background tab's timers to once a minute or less.
+    var KEEPALIVE_WORKER = 'var t=null;onmessage=function(e){clearInterval(t);' +
+        'if(e.data>0){t=setInterval(function(){postMessage(0);},e.data);}};';
+    var keepAliveUrl = null;
+
+    function keepAliveWorker() {
+        if (typeof Worker === 'undefined' || typeof Blob === 'undefined' || typeof URL === 'undefined') {
+            return null;
+        }
+        try {
+            if (keepAliveUrl === null) {
+                keepAliveUrl = URL.createObjectURL(new Blob([KEEPALIVE_WORKER], { type: 'text/javascript' }));
+            }
+            return new Worker(keepAliveUrl); // a CSP without blob: workers throws here
+        } catch (err) {
+            return null;
+        }
+    }
 
     // ---------------------------------------------------------------- client
 
@@ -198,8 +245,12 @@
         this._openedAt = 0;
         this._generation = 0;
         this._authFailed = false;
+        this._refusals = 0; // handshakes refused in a row while the server answers HTTP
+        this._gaveUp = false; // reconnecting gave up: resume when the page is back
+        this._keepAlive = null; // {kind: 'worker' | 'timer', stop()}
         this._startKeyHistory = {};
         this._inflight = {};
+        this._listenForResume();
     }
 
     SkapiRealtime.State = State;
@@ -212,7 +263,17 @@
         get: function () { return this._group; }
     });
 
-    SkapiRealtime.prototype._emit = function (type, message, data) {
+    // `{user_id}` of the page's user, as skapi-js's `skapi.user` (only the id).
+    Object.defineProperty(SkapiRealtime.prototype, 'user', {
+        get: function () {
+            var id = this.config.userId;
+            return id === null || id === undefined || id === '' ? null : { user_id: String(id) };
+        }
+    });
+
+    // `callback`: the one to call instead of the current one (a close event
+    // belongs to the callback of the connection that closed).
+    SkapiRealtime.prototype._emit = function (type, message, data, callback) {
         data = data || {};
         var event = {
             type: type,
@@ -225,9 +286,13 @@
         if (has(data, '#missed')) {
             event.missed = data['#missed'];
         }
-        if (typeof this._callback === 'function') {
+        if (has(data, 'close_code')) {
+            event.close_code = data.close_code;
+        }
+        callback = callback || this._callback;
+        if (typeof callback === 'function') {
             try {
-                this._callback(event);
+                callback(event);
             } catch (err) {
                 console.error('skapi: the realtime callback threw', err);
             }
@@ -293,7 +358,7 @@
                     self._stopKeepAlive();
                     self._failPending(skapiError('INVALID_REQUEST', MSG.notOpen));
                     if (opened) {
-                        self._onLost();
+                        self._onLost(event.code);
                     }
                 };
             });
@@ -304,6 +369,8 @@
         var self = this;
         this._state = State.OPEN;
         this._openedAt = Date.now();
+        this._refusals = 0;
+        this._gaveUp = false;
         this._opening = Promise.resolve(socket);
         this._startKeepAlive(socket);
         if (this._group === null) {
@@ -327,8 +394,13 @@
         });
     };
 
-    // An open socket closed without closeRealtime(): reconnect with backoff.
-    SkapiRealtime.prototype._onLost = function () {
+    // An open socket closed without closeRealtime(): reconnect with backoff,
+    // unless the server said that reconnecting cannot help.
+    SkapiRealtime.prototype._onLost = function (closeCode) {
+        if (has(FINAL_CLOSES, closeCode)) {
+            this._stop(FINAL_CLOSES[closeCode], closeCode);
+            return;
+        }
         if (Date.now() - this._openedAt >= this.config.reconnectMaxDelay) {
             this._attempt = 0; // it was up for a while: a new outage, a new budget
         }
@@ -349,28 +421,81 @@
         this._emit('reconnect', 'Reconnecting to WebSocket server...' + attempt);
         this._reconnectTimer = setTimeout(function () {
             self._reconnectTimer = null;
-            if (self._state !== State.RECONNECTING) {
-                return;
+            if (self._state === State.RECONNECTING) {
+                self._reconnect().catch(function () {});
             }
-            self._open().catch(function () {
-                if (self._state === State.RECONNECTING) {
-                    self._scheduleReconnect();
-                }
-            });
         }, delay);
     };
 
+    // One reconnection attempt; a failed one schedules the next, or stops when
+    // the handshake was refused.
+    SkapiRealtime.prototype._reconnect = function () {
+        var self = this;
+        var generation = this._generation;
+        return this._open().catch(function (err) {
+            return self._refused().then(function (refused) {
+                if (self._generation === generation && self._state === State.RECONNECTING) {
+                    if (refused) {
+                        self._stop(REFUSED, null);
+                    } else if (!self._reconnectTimer) {
+                        self._scheduleReconnect();
+                    }
+                }
+                throw err;
+            });
+        });
+    };
+
+    // Whether a socket that did not open was refused rather than unreachable:
+    // browsers show both as close code 1006, so ask the token URL. 401 (logged
+    // out) is a refusal; an answer twice in a row means the server is up and
+    // still refuses the handshake; no answer means it is away.
+    SkapiRealtime.prototype._refused = function () {
+        var self = this;
+        if (this._authFailed) {
+            return Promise.resolve(true);
+        }
+        return this._post(this.config.tokenUrl, {}).then(function () {
+            self._refusals += 1;
+            return self._refusals >= 2;
+        }, function (err) {
+            if (err && err.status === 401) {
+                return true;
+            }
+            if (err && err.status) {
+                self._refusals += 1;
+                return self._refusals >= 2;
+            }
+            self._refusals = 0;
+            return false;
+        });
+    };
+
     SkapiRealtime.prototype._giveUp = function () {
-        this._reset();
+        this._reset(true);
+        this._gaveUp = true; // the page coming back (online, visible) tries again
         this._emit('error', MSG.connection);
     };
 
-    SkapiRealtime.prototype._reset = function () {
+    // Closed for good by the server (a close code, a refused handshake): no
+    // retrying, and the callback is told why.
+    SkapiRealtime.prototype._stop = function (reason, closeCode) {
+        this._reset(true);
+        this._emit('error', reason.message, { '#code': reason.code, close_code: closeCode });
+    };
+
+    // `keepGroup`: remember the joined group, so that connectRealtime() rejoins
+    // it; only closeRealtime() forgets it.
+    SkapiRealtime.prototype._reset = function (keepGroup) {
         this._generation += 1; // anything still opening is abandoned
         this._state = State.CLOSED;
         this._opening = null;
-        this._group = null;
+        if (!keepGroup) {
+            this._group = null;
+        }
         this._attempt = 0;
+        this._refusals = 0;
+        this._gaveUp = false;
         this._authFailed = false;
         this._stopKeepAlive();
         if (this._reconnectTimer) {
@@ -381,18 +506,70 @@
 
     SkapiRealtime.prototype._startKeepAlive = function (socket) {
         var self = this;
+        var interval = this.config.keepAlive;
         this._stopKeepAlive();
-        this._keepAliveTimer = setInterval(function () {
+        var tick = function () {
             if (self._socket === socket && socket.readyState === 1) {
                 socket.send(JSON.stringify({ action: 'keepAlive' }));
             }
-        }, this.config.keepAlive);
+        };
+        var timer = function () {
+            var id = setInterval(tick, interval);
+            return { kind: 'timer', stop: function () { clearInterval(id); } };
+        };
+        var worker = keepAliveWorker();
+        if (worker === null) {
+            this._keepAlive = timer();
+            return;
+        }
+        var keepAlive = {
+            kind: 'worker',
+            stop: function () { worker.terminate(); }
+        };
+        worker.onmessage = tick;
+        worker.onerror = function () { // refused after all (CSP): the main thread it is
+            worker.terminate();
+            if (self._keepAlive === keepAlive) {
+                self._keepAlive = timer();
+            }
+        };
+        worker.postMessage(interval);
+        this._keepAlive = keepAlive;
     };
 
     SkapiRealtime.prototype._stopKeepAlive = function () {
-        if (this._keepAliveTimer) {
-            clearInterval(this._keepAliveTimer);
-            this._keepAliveTimer = null;
+        if (this._keepAlive) {
+            this._keepAlive.stop();
+            this._keepAlive = null;
+        }
+    };
+
+    // skapi-js tries again when the tab becomes visible; so do we, and when the
+    // browser is back online: at once while reconnecting, and after giving up.
+    SkapiRealtime.prototype._listenForResume = function () {
+        var self = this;
+        if (typeof window === 'undefined' || !window.addEventListener) {
+            return;
+        }
+        var resume = function () {
+            if (typeof document !== 'undefined' && document.visibilityState === 'hidden') {
+                return;
+            }
+            self._resume();
+        };
+        window.addEventListener('online', resume);
+        if (typeof document !== 'undefined') {
+            document.addEventListener('visibilitychange', resume);
+        }
+    };
+
+    SkapiRealtime.prototype._resume = function () {
+        if (this._state === State.RECONNECTING && this._reconnectTimer) {
+            clearTimeout(this._reconnectTimer);
+            this._reconnectTimer = null;
+            this._reconnect().catch(function () {});
+        } else if (this._state === State.CLOSED && this._gaveUp && typeof this._callback === 'function') {
+            this.connectRealtime(this._callback).catch(function () {});
         }
     };
 
@@ -405,13 +582,19 @@
         }
         var id = this._nextId++;
         frame.id = id;
+        var text;
+        try {
+            text = JSON.stringify(frame);
+        } catch (err) { // a cycle, a BigInt: nothing is sent, nothing waits
+            return rejectWith('INVALID_PARAMETER', 'The message cannot be sent as JSON: ' + err.message);
+        }
         return new Promise(function (resolve, reject) {
             var timer = setTimeout(function () {
                 delete self._pending[id];
                 reject(skapiError('ERROR', MSG.connection));
             }, self.config.ackTimeout);
             self._pending[id] = { resolve: resolve, reject: reject, timer: timer };
-            socket.send(JSON.stringify(frame));
+            socket.send(text);
         });
     };
 
@@ -482,29 +665,26 @@
         if (typeof cb !== 'function') {
             return rejectWith('INVALID_REQUEST', MSG.callback);
         }
+        this._callback = cb; // a second call replaces the callback, as in skapi-js
         if (this._state === State.RECONNECTING) {
             // Try at once instead of waiting for the next backoff step.
-            this._callback = cb;
             if (this._reconnectTimer) {
                 clearTimeout(this._reconnectTimer);
                 this._reconnectTimer = null;
             }
-            return this._open().catch(function () {
-                if (self._state === State.RECONNECTING && !self._reconnectTimer) {
-                    self._scheduleReconnect();
-                }
+            return this._reconnect().catch(function () {
                 throw skapiError('ERROR', MSG.connection);
             });
         }
         if (this._opening) {
             return this._opening;
         }
-        this._callback = cb;
         this._state = State.CONNECTING;
+        this._gaveUp = false;
         var generation = this._generation;
         var opening = this._open().catch(function () {
             if (self._generation === generation) {
-                self._reset();
+                self._reset(true);
                 self._emit('error', MSG.connection);
             }
             throw skapiError('ERROR', MSG.connection);
@@ -565,28 +745,34 @@
     SkapiRealtime.prototype.closeRealtime = function () {
         var self = this;
         var socket = this._socket;
+        var callback = this._callback; // a connectRealtime(cb2) right after gets no old event
         var hadConnection = this._state !== State.CLOSED;
         this._socket = null;
-        this._reset();
+        this._reset(false);
         this._failPending(skapiError('INVALID_REQUEST', MSG.noConnection));
         if (!hadConnection) {
             return Promise.resolve(null);
         }
         return new Promise(function (resolve) {
+            var finished = false;
             var done = function () {
-                self._emit('close', 'WebSocket connection closed.');
-                resolve(null);
+                if (!finished) {
+                    finished = true;
+                    self._emit('close', 'WebSocket connection closed.', null, callback);
+                    resolve(null);
+                }
             };
             if (!socket || socket.readyState === 3) {
                 done();
                 return;
             }
             var timer = setTimeout(done, 3000);
-            socket.onclose = function () {
+            // A listener besides onclose: a socket still opening keeps its own
+            // handler, which settles the pending connectRealtime().
+            socket.addEventListener('close', function () {
                 clearTimeout(timer);
                 done();
-            };
-            socket.onmessage = null;
+            });
             socket.close(1000);
         });
     };
@@ -753,15 +939,47 @@
             groupsUrl: d.groupsUrl,
             usersUrl: d.usersUrl,
             tokenUrl: d.tokenUrl,
-            auth: d.auth === 'token' ? 'token' : 'cookie'
+            auth: d.auth === 'token' ? 'token' : 'cookie',
+            userId: d.userId
         };
     }
 
+    // Imported as a module there is no currentScript: fall back to the
+    // template tag's script element, then to the default paths.
+    var script = typeof document === 'undefined' ? null
+        : document.currentScript || document.querySelector('script[data-socket-path]');
+    var scriptConfig = configFromScript(script);
+
+    // `new Skapi(service, owner, options)` as Skapi pages start. The service and
+    // owner are kept but unused (the Django project is the service); `options`
+    // may set any SkapiRealtime option over the script tag's.
+    function Skapi(service, owner, options) {
+        if (!(this instanceof Skapi)) {
+            throw new TypeError("Class constructor Skapi cannot be invoked without 'new'");
+        }
+        var config = Object.assign({}, scriptConfig);
+        if (options && typeof options === 'object') {
+            Object.keys(options).forEach(function (k) {
+                if (has(DEFAULTS, k)) {
+                    config[k] = options[k];
+                }
+            });
+        }
+        SkapiRealtime.call(this, config);
+        this.service = service === undefined ? null : service;
+        this.owner = owner === undefined ? null : owner;
+    }
+    Skapi.prototype = Object.create(SkapiRealtime.prototype);
+    Skapi.prototype.constructor = Skapi;
+
     global.SkapiRealtime = SkapiRealtime;
+    global.SkapiError = global.SkapiError || SkapiError;
+    SkapiRealtime.SkapiError = SkapiError;
+    // skapi-js on the same page keeps its own globals.
+    if (!global.Skapi) {
+        global.Skapi = Skapi;
+    }
     if (!global.skapi) {
-        // Imported as a module there is no currentScript: fall back to the
-        // template tag's script element, then to the default paths.
-        var script = document.currentScript || document.querySelector('script[data-socket-path]');
-        global.skapi = new SkapiRealtime(configFromScript(script));
+        global.skapi = new Skapi(null, null);
     }
 })(typeof window !== 'undefined' ? window : globalThis);

@@ -6,8 +6,8 @@
     'use strict';
 
     var me = JSON.parse(document.getElementById('me').textContent);
-    var names = JSON.parse(document.getElementById('names').textContent);
     var $ = function (id) { return document.getElementById(id); };
+    var namesUrl = $('chat').dataset.namesUrl;
 
     var PAGE = 50;
     var state = {
@@ -21,8 +21,77 @@
 
     // ------------------------------------------------------------ drawing
 
+    // ------------------------------------------------------------- names
+
+    // The page knows no names up front: it asks the demo's names view about
+    // the user_ids it shows (participants, senders), a batch at a time, and
+    // fills in every element drawn with `nameNode` when the answer comes.
+    var names = {};
+    names[me.user_id] = me.name;
+    var asked = {};
+    var wanted = [];
+    var askTimer = null;
+
     function nameOf(userId) {
-        return names[userId] || 'user ' + userId;
+        if (Object.prototype.hasOwnProperty.call(names, userId)) {
+            return names[userId];
+        }
+        want(userId);
+        return 'user ' + userId;
+    }
+
+    function want(userId) {
+        if (asked[userId] || userId === null || userId === undefined) {
+            return;
+        }
+        asked[userId] = true;
+        wanted.push(String(userId));
+        clearTimeout(askTimer);
+        askTimer = setTimeout(askNames, 20);
+    }
+
+    function csrfToken() {
+        var match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]*)/);
+        return match ? decodeURIComponent(match[1]) : '';
+    }
+
+    function askNames() {
+        var batch = wanted.splice(0, 100);
+        if (wanted.length) {
+            askTimer = setTimeout(askNames, 0);
+        }
+        if (!batch.length) {
+            return;
+        }
+        fetch(namesUrl, {
+            method: 'POST',
+            credentials: 'same-origin',
+            headers: { 'Content-Type': 'application/json', 'X-CSRFToken': csrfToken() },
+            body: JSON.stringify({ user_ids: batch })
+        }).then(function (response) {
+            return response.ok ? response.json() : { names: {} };
+        }).then(function (answer) {
+            Object.keys(answer.names || {}).forEach(function (userId) {
+                names[userId] = answer.names[userId];
+            });
+            var nodes = document.querySelectorAll('[data-name-of]');
+            for (var i = 0; i < nodes.length; i++) {
+                var node = nodes[i];
+                node.textContent = nameOf(node.dataset.nameOf) + (node.dataset.suffix || '');
+            }
+            drawPeople();
+        }, function () {
+            batch.forEach(function (userId) { delete asked[userId]; });
+        });
+    }
+
+    function nameNode(tag, className, userId, suffix) {
+        var node = el(tag, className, nameOf(userId) + (suffix || ''));
+        node.dataset.nameOf = userId;
+        if (suffix) {
+            node.dataset.suffix = suffix;
+        }
+        return node;
     }
 
     function el(tag, className, text) {
@@ -47,6 +116,9 @@
         return new Date().toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
     }
 
+    // `text`: a string, or a list of strings and nodes; `extra.from`: the
+    // sender's user_id (`extra.fromSuffix` follows the name), or
+    // `extra.fromText` instead.
     function log(kind, text, extra) {
         var list = $('log');
         var item = el('li', 'entry ' + kind);
@@ -54,10 +126,16 @@
         if (extra.code) {
             item.dataset.code = extra.code;
         }
-        if (extra.from) {
-            item.appendChild(el('span', 'who', extra.from));
+        if (extra.fromText) {
+            item.appendChild(el('span', 'who', extra.fromText));
+        } else if (extra.from !== undefined) {
+            item.appendChild(nameNode('span', 'who', extra.from, extra.fromSuffix));
         }
-        item.appendChild(el('span', 'text', text));
+        var body = el('span', 'text');
+        (Array.isArray(text) ? text : [text]).forEach(function (part) {
+            body.appendChild(typeof part === 'string' ? document.createTextNode(part) : part);
+        });
+        item.appendChild(body);
         item.appendChild(el('time', 'when', time()));
         var atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
         list.appendChild(item);
@@ -96,8 +174,7 @@
         ids.forEach(function (userId) {
             var item = el('li', 'person');
             item.dataset.userId = userId;
-            var label = nameOf(userId) + (userId === me.user_id ? ' (you)' : '');
-            item.appendChild(el('span', 'name', label));
+            item.appendChild(nameNode('span', 'name', userId, userId === me.user_id ? ' (you)' : ''));
             var tabs = state.people[userId].length;
             if (tabs > 1) {
                 item.appendChild(el('span', 'badge', tabs + ' tabs'));
@@ -240,7 +317,8 @@
 
     function openPrivate(userId) {
         state.privateTo = userId;
-        $('private-to').textContent = nameOf(userId);
+        $('private-to').textContent = '';
+        $('private-to').appendChild(nameNode('span', '', userId));
         $('private-form').hidden = false;
         $('private-text').focus();
     }
@@ -281,11 +359,14 @@
                 }
                 break;
             case 'message':
-                log('message' + (event.sender === me.user_id ? ' mine' : ''), textOf(event.message), { from: nameOf(event.sender) });
+                log('message' + (event.sender === me.user_id ? ' mine' : ''), textOf(event.message), { from: event.sender });
                 break;
             case 'private':
-                var from = event.sender === me.user_id ? 'You (private)' : nameOf(event.sender) + ' (private)';
-                log('private' + (event.sender === me.user_id ? ' mine' : ''), textOf(event.message), { from: from });
+                if (event.sender === me.user_id) {
+                    log('private mine', textOf(event.message), { fromText: 'You (private)' });
+                } else {
+                    log('private', textOf(event.message), { from: event.sender, fromSuffix: ' (private)' });
+                }
                 break;
             case 'notice':
                 if (event.sender_rid === state.group) {
@@ -296,7 +377,10 @@
                         drawPeople();
                     }
                 }
-                log('notice', nameOf(event.sender) + ' ' + noticeText(event.code), { code: event.code });
+                if (event.code === 'USER_JOINED') {
+                    delete asked[event.sender]; // known now even if not when last asked
+                }
+                log('notice', [nameNode('span', 'name', event.sender), ' ' + noticeText(event.code)], { code: event.code });
                 refreshGroupsSoon();
                 break;
         }
