@@ -67,3 +67,17 @@ def test_no_user_id_for_an_anonymous_request() -> None:
     user = SimpleNamespace(pk=None, is_authenticated=False)
     html = render("{% skapi_realtime %}", request=SimpleNamespace(user=user))
     assert html == SCRIPT + "></script>"
+
+
+@pytest.mark.parametrize("source,cookie", [("{% skapi_realtime %}", True), ("<p>hi</p>", False)])
+def test_the_tag_makes_sure_of_the_csrf_cookie(rf: Any, source: str, cookie: bool) -> None:
+    """A page with the tag sets the cookie the listing calls send back as X-CSRFToken."""
+    from django.conf import settings
+    from django.http import HttpResponse
+    from django.middleware.csrf import CsrfViewMiddleware
+
+    def view(request: Any) -> HttpResponse:
+        return HttpResponse(render(source, request=request))
+
+    response = CsrfViewMiddleware(view)(rf.get("/"))
+    assert (settings.CSRF_COOKIE_NAME in response.cookies) is cookie

@@ -1,7 +1,9 @@
 """``{% load skapi_channels %}{% skapi_realtime %}``: the script tag of the JS client.
 
 The script reads its configuration from the tag's ``data-*`` attributes, so the
-page needs nothing else to call ``skapi.connectRealtime(...)``.
+page needs nothing else to call ``skapi.connectRealtime(...)``. Rendering the tag
+also makes sure the response sets Django's CSRF cookie, which the listing calls
+send back in ``X-CSRFToken``.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from django import template
+from django.http import HttpRequest
+from django.middleware.csrf import get_token
 from django.templatetags.static import static
 from django.urls import reverse
 from django.utils.html import format_html
@@ -26,6 +30,10 @@ def skapi_realtime(context: template.Context, auth: str = "") -> SafeString:
     ``auth="token"`` makes the socket authenticate with a handshake token from the
     token endpoint instead of the session cookie. A logged-in request's user_id
     becomes ``data-user-id`` (the client's ``skapi.user``).
+
+    With the request in the context (Django's ``request`` context processor, on in
+    new projects), ``get_token`` marks the response to carry the CSRF cookie, as
+    ``{% csrf_token %}`` does.
     """
     if auth not in ("", "cookie", "token"):
         raise template.TemplateSyntaxError(
@@ -45,6 +53,9 @@ def skapi_realtime(context: template.Context, auth: str = "") -> SafeString:
     user_id = _user_id(context)
     if user_id is not None:
         html += format_html(' data-user-id="{}"', user_id)
+    request = context.get("request")
+    if isinstance(request, HttpRequest):
+        get_token(request)
     nonce = _csp_nonce(context)
     if nonce:
         html += format_html(' nonce="{}"', nonce)
