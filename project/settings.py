@@ -2,8 +2,8 @@
 
 The embedded default needs nothing: SQLite and the in-memory channel layer in one
 process. ``DATABASE_URL`` selects another database (PostgreSQL for scale-out) and
-``REDIS_URL`` selects channels-redis, so many daphne processes share presence and
-messages.
+``REDIS_URL`` selects skapi_channels' Redis layer, so many daphne processes share
+presence and messages.
 """
 
 from __future__ import annotations
@@ -117,26 +117,31 @@ else:
         }
     }
 
-# channels-redis (see docs/deployment.md for the measured choice and the tuning).
-# RedisChannelLayer keeps one queue per server process in Redis: ``capacity`` bounds
-# the undelivered messages of a whole process, ``expiry`` how long one may wait.
-# skapi_channels.layers counts and logs every delivery these limits drop, and
-# retries while Redis restarts.
+# Scale-out: skapi_channels' Redis layer publishes a group message once and each
+# process fans it out to its own connections (see docs/deployment.md);
+# ``capacity`` bounds the queue of each connection, as in the embedded layer.
+# CHANNEL_LAYER_BACKEND selects channels-redis instead:
+# ``skapi_channels.layers.RedisChannelLayer`` (channels-redis's core layer, counting
+# its drops; one queue per process in Redis, ``capacity`` bounds a whole process and
+# ``expiry`` how long a message may wait) or channels-redis's pub/sub layer.
+REDIS_FANOUT_LAYER = "skapi_channels.redis_fanout.RedisFanoutLayer"
 if os.environ.get("REDIS_URL"):
+    _backend = os.environ.get("CHANNEL_LAYER_BACKEND", REDIS_FANOUT_LAYER)
+    _fanout = _backend == REDIS_FANOUT_LAYER
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": os.environ.get(
-                "CHANNEL_LAYER_BACKEND", "skapi_channels.layers.RedisChannelLayer"
-            ),
+            "BACKEND": _backend,
             "CONFIG": {
                 "hosts": [os.environ["REDIS_URL"]],
                 "prefix": os.environ.get("CHANNEL_LAYER_PREFIX", "skapi"),
-                "capacity": int(os.environ.get("CHANNEL_LAYER_CAPACITY", "10000")),
+                "capacity": int(
+                    os.environ.get("CHANNEL_LAYER_CAPACITY", "1000" if _fanout else "10000")
+                ),
                 "expiry": int(os.environ.get("CHANNEL_LAYER_EXPIRY", "60")),
             },
         }
     }
-    if CHANNEL_LAYERS["default"]["BACKEND"].endswith("RedisPubSubChannelLayer"):
+    if _backend.endswith("RedisPubSubChannelLayer"):
         # The pub/sub layer has no queues, so neither capacity nor expiry.
         for unused in ("capacity", "expiry"):
             CHANNEL_LAYERS["default"]["CONFIG"].pop(unused)

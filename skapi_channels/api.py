@@ -33,7 +33,7 @@ from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
-from skapi_channels import queries
+from skapi_channels import metrics, queries
 from skapi_channels.addressing import group_address, user_address
 from skapi_channels.conf import conf
 from skapi_channels.models import Connection
@@ -49,7 +49,6 @@ from skapi_channels.protocol import (
     user_id_problem,
 )
 from skapi_channels.queries import Page
-from skapi_channels.runtime import runtime
 
 __all__ = [
     "SERVER_NOTICE",
@@ -102,7 +101,7 @@ async def asend_to_user(user_id: str, content: Any, *, sender: str | None = None
     await _layer().group_send(
         user_address(user_id), frame_event(text, uid=user_id)
     )
-    runtime.counters["server_messages"] += 1
+    metrics.count("server_messages")
 
 
 async def abroadcast(group: str, content: Any, *, sender: str | None = None) -> None:
@@ -114,7 +113,7 @@ async def abroadcast(group: str, content: Any, *, sender: str | None = None) -> 
     await _layer().group_send(
         group_address(group), frame_event(text, rid=group)
     )
-    runtime.counters["server_messages"] += 1
+    metrics.count("server_messages")
 
 
 async def asend_notice(group: str, sentence: str, *, code: str = SERVER_NOTICE) -> None:
@@ -126,7 +125,7 @@ async def asend_notice(group: str, sentence: str, *, code: str = SERVER_NOTICE) 
     await _layer().group_send(
         group_address(group), frame_event(text, rid=group)
     )
-    runtime.counters["server_messages"] += 1
+    metrics.count("server_messages")
 
 
 # Disconnecting.

@@ -176,7 +176,7 @@ def check_channel_layer(**kwargs: Any) -> list[CheckMessage]:
                 hint=_(
                     "For one server process: CHANNEL_LAYERS = {'default': {'BACKEND': "
                     "'skapi_channels.local_layer.LocalChannelLayer'}}; for several, the "
-                    "Redis layer skapi_channels.layers.RedisChannelLayer."
+                    "Redis layer skapi_channels.redis_fanout.RedisFanoutLayer."
                 ),
                 id="skapi_channels.E020",
             )
@@ -202,7 +202,7 @@ def check_channel_layer(**kwargs: Any) -> list[CheckMessage]:
                 % config["BACKEND"],
                 hint=_(
                     "Use skapi_channels.local_layer.LocalChannelLayer (one process) or "
-                    "skapi_channels.layers.RedisChannelLayer (several)."
+                    "skapi_channels.redis_fanout.RedisFanoutLayer (several)."
                 ),
                 id="skapi_channels.W020",
             )

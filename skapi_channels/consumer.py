@@ -16,11 +16,12 @@ from channels.consumer import AsyncConsumer, get_handler_name
 from channels.db import database_sync_to_async
 from channels.exceptions import ChannelFull, StopConsumer
 
-from skapi_channels import presence, signals
+from skapi_channels import metrics, presence, signals
 from skapi_channels.addressing import group_address, user_address
 from skapi_channels.conf import conf
 from skapi_channels.handshake import authenticate, origin_allowed
 from skapi_channels.hooks import ask
+from skapi_channels.layer_abilities import ReportsMissed
 from skapi_channels.limits import FloodMeter, TokenBucket, limiter
 from skapi_channels.protocol import (
     CLOSE_BY_SERVER,
@@ -118,12 +119,11 @@ class RealtimeConsumer(AsyncConsumer):
         # PROTOCOL 6: twice the sustained rate for FLOOD_CLOSE_AFTER seconds closes.
         self.flood = FloodMeter(2 * conf.RATE_PER_SECOND, conf.FLOOD_CLOSE_AFTER)
         self.missed = 0
-        report_missed_to = getattr(self.channel_layer, "report_missed_to", None)
-        if report_missed_to is not None:
-            report_missed_to(self.channel_name)
+        if isinstance(self.channel_layer, ReportsMissed):
+            self.channel_layer.report_missed_to(self.channel_name)
         await self.channel_layer.group_add(user_address(user_id), self.channel_name)
         runtime.connections.add(self)
-        runtime.counters["connections_opened"] += 1
+        metrics.count("connections_opened")
         await self.base_send({"type": "websocket.accept", ACCEPT_MARK: True})
         await signals.connection_opened.asend(RealtimeConsumer, user_id=user_id, cid=cid)
 
@@ -209,7 +209,7 @@ class RealtimeConsumer(AsyncConsumer):
         await self.channel_layer.group_send(
             user_address(uid), frame_event(text, uid=uid)
         )
-        runtime.counters["private_messages"] += 1
+        metrics.count("private_messages")
         if signals.message_sent.receivers:
             await self.announce_message(frame, private=True)
         await self.ack(frame)
@@ -222,7 +222,7 @@ class RealtimeConsumer(AsyncConsumer):
         await self.channel_layer.group_send(
             group_address(rid), frame_event(text, rid=rid)
         )
-        runtime.counters["group_messages"] += 1
+        metrics.count("group_messages")
         if signals.message_sent.receivers:
             await self.announce_message(frame, private=False)
         await self.ack(frame)

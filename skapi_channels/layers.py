@@ -7,7 +7,7 @@ overflows. It also lets a Redis outage raise out of ``receive``, which kills the
 consumer without its disconnect handler (its presence row would stay until the
 process dies). This subclass:
 
-- counts every dropped delivery in ``runtime.counters["dropped"]`` (published with
+- counts every dropped delivery in ``metrics.counters["dropped"]`` (published with
   the heartbeat) and logs a warning, at most once a second with a summary;
 - tells the receivers that asked (``report_missed_to``) how many messages they
   missed, with a ``{"type": "skapi.missed", "count": n}`` event: the sending process
@@ -44,6 +44,8 @@ from channels.exceptions import ChannelFull
 from channels_redis.core import BoundedQueue
 from channels_redis.core import RedisChannelLayer as BaseRedisChannelLayer
 from redis import exceptions as redis_errors
+
+from skapi_channels.metrics import drops
 
 logger = logging.getLogger("skapi_channels")
 
@@ -86,36 +88,6 @@ local counts = redis.call('HGETALL', KEYS[1])
 redis.call('DEL', KEYS[1])
 return counts
 """
-
-
-class DropLog:
-    """Counts drops into the runtime's counters and logs them, at most once a second."""
-
-    def __init__(self) -> None:
-        self.pending: Counter[str] = Counter()
-        self.logged_at = 0.0
-
-    def record(self, count: int, reason: str) -> None:
-        if count <= 0:
-            return
-        from skapi_channels.runtime import runtime  # the runtime imports the layer lazily too
-
-        runtime.counters["dropped"] += count
-        runtime.counters[f"dropped_{reason}"] += count
-        self.pending[reason] += count
-        now = time.monotonic()
-        if now - self.logged_at >= 1.0:
-            self.logged_at = now
-            summary = ", ".join(f"{n} {why}" for why, n in sorted(self.pending.items()))
-            self.pending.clear()
-            logger.warning(
-                "Channel layer dropped deliveries: %s (total %d in this process)",
-                summary,
-                runtime.counters["dropped"],
-            )
-
-
-drops = DropLog()
 
 
 # Sent to a receiver to wake its ``receive`` for a ``skapi.missed``; never returned.

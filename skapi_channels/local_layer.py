@@ -7,7 +7,7 @@ each receive. Here a ``group_send`` appends a shallow copy to each receiver's qu
 and wakes it, in one synchronous pass.
 
 Nothing is dropped silently. A receiver whose queue is full loses the message, the
-loss is counted (``runtime.counters["dropped"]``, published with the heartbeat) and
+loss is counted (``metrics.counters["dropped"]``, published with the heartbeat) and
 logged, and a channel registered with ``report_missed_to`` receives a
 ``{"type": "skapi.missed", "count": n}`` event before its next message.
 
@@ -27,6 +27,7 @@ from typing import Any
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
 
+from skapi_channels.metrics import drops
 from skapi_channels.protocol import EVENT_MISSED
 
 logger = logging.getLogger("skapi_channels")
@@ -141,6 +142,11 @@ class LocalChannelLayer(BaseChannelLayer):
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         assert isinstance(message, dict), "Message is not a dict"
+        self.deliver(group, message)
+
+    def deliver(self, group: str, message: dict[str, Any]) -> None:
+        """Queue ``message`` for every channel of ``group`` in this process (the
+        fan-out step, shared with layers that bring messages from elsewhere)."""
         members = self.groups.get(group)
         if not members:
             return
@@ -151,6 +157,20 @@ class LocalChannelLayer(BaseChannelLayer):
                 self._lost(name)
         if lost:
             self._count_drops(lost)
+
+    def tell_missed(self, group: str, count: int) -> None:
+        """``count`` messages for ``group`` never reached this process: count them as
+        dropped for each member, and tell the members that asked."""
+        members = self.groups.get(group)
+        if not members or count <= 0:
+            return
+        for name in list(members):
+            channel = self.channels.get(name)
+            if channel is not None and channel.report_missed:
+                channel.missed += count
+                if channel.waiter is not None and not channel.waiter.done():
+                    channel.waiter.set_result(None)
+        self._count_drops(count * len(members), "not_received")
 
     def _lost(self, name: str) -> None:
         channel = self.channels[name]
@@ -171,19 +191,9 @@ class LocalChannelLayer(BaseChannelLayer):
             for group in state.groups:
                 self._leave(group, name)
 
-    def _count_drops(self, count: int) -> None:
-        from skapi_channels.runtime import runtime  # imported late: the layer loads first
-
+    def _count_drops(self, count: int, reason: str = "queue_full") -> None:
         self.dropped += count
-        runtime.counters["dropped"] += count
-        now = time.monotonic()
-        if now - self._logged_at >= 1.0:
-            self._logged_at = now
-            logger.warning(
-                "Channel layer dropped %d deliveries to full queues (%d in all)",
-                count,
-                self.dropped,
-            )
+        drops.record(count, reason)
 
     # Flush extension.
 

@@ -18,16 +18,13 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from skapi_channels.conf import conf
+from skapi_channels.metrics import DROP_COUNTERS, MESSAGE_COUNTERS
 from skapi_channels.models import Connection, OnlineUser, RealtimeGroup, ServerProcess
-from skapi_channels.runtime import MESSAGE_COUNTERS
 
 # How far back the charts look, and the span of the "messages per second" figure.
 WINDOW_SECONDS = 600
 RATE_SECONDS = 60
 LARGEST_GROUPS = 10
-# Counters (runtime.counters) of deliveries a process could not make; the channel
-# layers count them all in "dropped" (and by reason in "dropped_<reason>").
-DROP_COUNTERS = ("dropped",)
 
 
 @dataclass(frozen=True)

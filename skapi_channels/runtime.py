@@ -29,9 +29,10 @@ from asgiref.sync import ThreadSensitiveContext
 from channels.layers import get_channel_layer
 from django.utils import timezone
 
-from skapi_channels import presence, signals
+from skapi_channels import metrics, presence, signals
 from skapi_channels.addressing import group_address, user_address
 from skapi_channels.conf import conf
+from skapi_channels.layer_abilities import LosesGroups
 from skapi_channels.protocol import (
     CLOSE_SERVER_RESTART,
     USER_DISCONNECTED,
@@ -41,8 +42,6 @@ from skapi_channels.protocol import (
 
 logger = logging.getLogger("skapi_channels")
 
-# The counters that count messages, summed into the published time series.
-MESSAGE_COUNTERS = ("group_messages", "private_messages", "server_messages")
 # Points of the series kept: ten minutes at the default 5 s heartbeat.
 SAMPLES_KEPT = 120
 
@@ -56,13 +55,14 @@ class LocalConnection(Protocol):
 
 
 class ServerRuntime:
-    def __init__(self) -> None:
+    def __init__(self, counters: Counter[str] | None = None) -> None:
         self.id = secrets.token_hex(16)
         self.host = socket.gethostname()
         self.pid = os.getpid()
         self.started_at = timezone.now()
         # Counted in memory, published with the heartbeat, never written per message.
-        self.counters: Counter[str] = Counter()
+        # (The process's runtime publishes ``metrics.counters``.)
+        self.counters: Counter[str] = Counter() if counters is None else counters
         # (epoch seconds, open connections, messages so far), one per heartbeat:
         # the monitoring page draws its charts from these (monitoring.py).
         self.samples: deque[tuple[float, int, int]] = deque(maxlen=SAMPLES_KEPT)
@@ -94,7 +94,7 @@ class ServerRuntime:
         await presence.aregister_server(self.id, self.host, self.pid, self.started_at)
         self.retired = False
         layer = get_channel_layer()
-        if hasattr(layer, "skapi_on_reconnect"):
+        if isinstance(layer, LosesGroups):
             layer.skapi_on_reconnect = self._layer_reconnected
         try:
             await self._check_layer()  # records the layer's epochs before any group_add
@@ -173,7 +173,7 @@ class ServerRuntime:
 
     def sample(self) -> None:
         """Add a point to the time series published with the heartbeat."""
-        messages = sum(self.counters[name] for name in MESSAGE_COUNTERS)
+        messages = sum(self.counters[name] for name in metrics.MESSAGE_COUNTERS)
         self.samples.append((round(time.time(), 3), len(self.connections), messages))
 
     async def _heartbeats(self) -> None:
@@ -209,8 +209,7 @@ class ServerRuntime:
         them (Redis restarted without persistence, or a group change was given up
         during an outage)."""
         layer = get_channel_layer()
-        state_lost = getattr(layer, "state_lost", None)
-        if state_lost is None or not await state_lost():
+        if not isinstance(layer, LosesGroups) or not await layer.state_lost():
             return
         logger.warning(
             "Adding %d connections to their channel-layer groups again (the layer lost "
@@ -284,4 +283,4 @@ async def announce_departure(sender: Any, departure: presence.Departure) -> None
     )
 
 
-runtime = ServerRuntime()
+runtime = ServerRuntime(metrics.counters)

@@ -1,0 +1,43 @@
+"""What skapi_channels' channel layers can do beyond the Channels layer interface.
+
+The consumer and the runtime ask ``isinstance(layer, Ability)``; a stock layer
+(channels' InMemoryChannelLayer, channels-redis's layers) has none of these and
+works without them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class ReportsMissed(Protocol):
+    """Tells a receiver what it lost: after ``report_missed_to(channel)``, a
+    ``{"type": "skapi.missed", "count": n}`` event precedes its next message when
+    ``n`` messages for it were dropped (PROTOCOL section 10)."""
+
+    def report_missed_to(self, channel: str) -> None: ...
+
+
+@runtime_checkable
+class LosesGroups(Protocol):
+    """Keeps its groups where they can be lost (a Redis restart without
+    persistence): ``state_lost()`` says when the runtime must add its connections to
+    their groups again, and ``skapi_on_reconnect`` is called when the layer reaches
+    its server again after an outage, so the runtime checks at once."""
+
+    skapi_on_reconnect: Callable[[], None] | None
+
+    async def state_lost(self) -> bool: ...
+
+
+@runtime_checkable
+class KeepsHistory(Protocol):
+    """Keeps the recent messages of a group, numbered: ``history(group, after)``
+    returns the epoch of the numbering and the kept ``(number, message)`` pairs
+    numbered above ``after``, oldest first."""
+
+    async def history(
+        self, group: str, after: int = 0
+    ) -> tuple[str | None, list[tuple[int, dict[str, Any]]]]: ...

@@ -1,0 +1,565 @@
+"""The scale-out channel layer: one Redis publish per group message, fan-out in
+each process.
+
+channels-redis copies a group message into the queue of every member channel, so
+a broadcast costs Redis work in proportion to the group's size. Here a
+``group_send`` is one Lua script round trip that numbers the message (a counter per
+group) and PUBLISHes it once; every process subscribes to the groups its own
+channels are in (one subscription per group and process, counted by its local
+members) and hands the message to those channels with the embedded layer's
+machinery (``LocalChannelLayer``: bounded queues, counted drops, ``skapi.missed``).
+
+What PROTOCOL section 10 asks, on this path:
+
+- per-sender order: a sender awaits each publish; a process reads all its
+  subscriptions from one connection, in the order Redis published them;
+- the owed window: ``group_add`` returns once Redis confirmed the subscription, so
+  a message published after a ``joinRoom`` ack reaches the new member;
+  ``group_discard`` first waits for a PING through the subscription connection, so
+  every message published before the leave is queued for the member before it stops
+  being one (the consumer's drain marker then follows them);
+- nothing lost silently: each message carries its group's sequence number. A
+  process that sees a gap (its subscription connection dropped, Redis disconnected
+  a subscriber that fell behind, Redis restarted) tells the affected members with
+  ``{"type": "skapi.missed", "count": n}``. After a reconnection the process reads
+  the counters once, so a gap is told even if no further message comes; a send that
+  gave up while Redis was down is later published as a gap marker (the counter
+  advances without a message), so its receivers are told too;
+- a Redis restart: receives never touch Redis (the queues are local), sends and
+  group changes wait up to ``retry_for`` seconds, the subscriptions come back by
+  themselves (the process knows its members), so the runtime has nothing to resync;
+- bounded memory: a channel queues at most ``capacity`` messages (then it is told,
+  or taken for abandoned, as in the embedded layer); Redis bounds what it buffers
+  for a subscriber (``client-output-buffer-limit pubsub``) and disconnects one that
+  falls further behind, which the gap check reports.
+
+A channel name carries its process (``specific.<process>!<token>``): ``send`` to a
+channel of this process is queued directly, to another process it is published on
+that process's own subscription channel.
+
+Redis operations per group message: one EVALSHA running HINCRBY + EXPIRE + PUBLISH,
+whatever the group's size; Redis then writes the message once to each subscribed
+process. One Redis server (or a Sentinel-managed master, through channels-redis's
+host options); see docs/deployment.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections import Counter, deque
+from collections.abc import Iterable
+from typing import Any
+
+from channels_redis.serializers import registry
+from channels_redis.utils import create_pool, decode_hosts
+from django.core.exceptions import ImproperlyConfigured
+from redis import asyncio as aioredis
+
+from skapi_channels.layers import REDIS_DOWN
+from skapi_channels.local_layer import LocalChannelLayer
+
+logger = logging.getLogger("skapi_channels")
+
+# KEYS: the group's counter (a hash: "n" the sequence number, "e" the epoch of the
+# numbering), its Redis channel, and optionally its history (a list).
+# ARGV: payload (empty: a gap marker, no message), counter expiry (s), increment (1,
+# or the number of messages a gap marker stands for), a new epoch (used when the
+# counter starts), history size (0: none), history expiry (s).
+# Returns {sequence number, epoch}.
+PUBLISH_LUA = """
+local seq = redis.call('HINCRBY', KEYS[1], 'n', ARGV[3])
+local epoch
+if seq == tonumber(ARGV[3]) then
+    redis.call('HSET', KEYS[1], 'e', ARGV[4])
+    epoch = ARGV[4]
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+local size = tonumber(ARGV[5])
+if size > 0 and ARGV[1] ~= '' then
+    redis.call('RPUSH', KEYS[3], seq .. ':' .. ARGV[1])
+    redis.call('LTRIM', KEYS[3], -size, -1)
+    redis.call('EXPIRE', KEYS[3], ARGV[6])
+end
+redis.call('PUBLISH', KEYS[2], seq .. ':' .. ARGV[1])
+return seq
+"""
+
+# Marks the Redis data set, so that a process notices a restart that lost it.
+EPOCH_LUA = """
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return redis.call('GET', KEYS[1])
+"""
+
+TO = "__skapi_to"  # the target channel of a message sent to another process
+
+
+class _Subscriber:
+    """This process's one subscription connection: what it listens to, the
+    confirmations and barriers awaited, and the last sequence number per channel."""
+
+    def __init__(self, layer: RedisFanoutLayer, loop: asyncio.AbstractEventLoop) -> None:
+        self.layer = layer
+        self.loop = loop
+        self.connection: Any = None
+        self.wanted: set[bytes] = set()
+        # Per Redis channel, the SUBSCRIBE commands not yet confirmed (in order), each
+        # with the futures waiting for it and whether it starts a fresh subscription.
+        self.confirming: dict[bytes, deque[tuple[list[asyncio.Future[None]], bool]]] = {}
+        self.pongs: deque[asyncio.Future[None]] = deque()
+        # The last sequence number accounted for (delivered or told), per channel;
+        # None until the first message of a fresh subscription.
+        self.last: dict[bytes, int | None] = {}
+        self.epoch: bytes | None = None
+        self.task = loop.create_task(self.run())
+
+    # Commands.
+
+    def _send(self, *args: Any) -> None:
+        connection = self.connection
+        if connection is None:
+            return  # run() subscribes to everything wanted once it connects
+        self.loop.create_task(self._write(connection, args))
+
+    async def _write(self, connection: Any, args: tuple[Any, ...]) -> None:
+        # A failure here is the reader's too: it reconnects.
+        with contextlib.suppress(*REDIS_DOWN):
+            await connection.send_packed_command(connection.pack_command(*args), False)
+
+    def subscribe(self, name: bytes) -> asyncio.Future[None]:
+        self.wanted.add(name)
+        future = self.loop.create_future()
+        self.confirming.setdefault(name, deque()).append(([future], True))
+        self._send("SUBSCRIBE", name)
+        return future
+
+    def confirmed(self, name: bytes) -> asyncio.Future[None]:
+        """Done once every SUBSCRIBE of ``name`` sent so far is confirmed."""
+        pending = self.confirming.get(name)
+        if pending:
+            return pending[-1][0][0]
+        future = self.loop.create_future()
+        future.set_result(None)
+        return future
+
+    def unsubscribe(self, name: bytes) -> None:
+        self.wanted.discard(name)
+        self.last.pop(name, None)
+        self._send("UNSUBSCRIBE", name)
+
+    def barrier(self) -> asyncio.Future[None]:
+        """Done once everything Redis published before now has been handled."""
+        future = self.loop.create_future()
+        if self.connection is None:
+            future.set_result(None)  # nothing is in flight on a dead connection
+        else:
+            self.pongs.append(future)
+            self._send("PING")
+        return future
+
+    # The connection.
+
+    async def run(self) -> None:
+        delay = 0.05
+        down_since: float | None = None
+        while True:
+            connection = self.layer.pool.make_connection()
+            try:
+                await connection.connect()
+                # Named for operators (CLIENT LIST) and for tests that disconnect it.
+                await connection.send_command("CLIENT", "SETNAME", self.layer.subscriber_name)
+                await connection.read_response()
+                epoch = await self.layer.epoch()
+                if self.epoch is not None and epoch != self.epoch:
+                    # Redis lost its data: the counters restarted from zero.
+                    for name in self.last:
+                        self.last[name] = 0
+                self.epoch = epoch
+                self.connection = connection
+                reconnected = down_since is not None
+                self._resubscribe(connection)
+                if reconnected:
+                    logger.info("Redis reachable again; subscriptions restored")
+                    self.loop.create_task(self._reconcile())
+                down_since = None
+                delay = 0.05
+                while True:
+                    reply = await connection.read_response(disable_decoding=True)
+                    try:
+                        self._handle(reply)
+                    except Exception:
+                        logger.exception("Could not handle a message from Redis: %r", reply)
+            except asyncio.CancelledError:
+                await connection.disconnect(nowait=True)
+                raise
+            except (*REDIS_DOWN, aioredis.RedisError) as error:
+                self.connection = None
+                with contextlib.suppress(Exception):
+                    await connection.disconnect(nowait=True)
+                self._lost_connection()
+                if down_since is None:
+                    down_since = time.monotonic()
+                    logger.warning("Redis subscription connection lost (%s); reconnecting", error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    def _lost_connection(self) -> None:
+        for future in self.pongs:
+            if not future.done():
+                future.set_result(None)
+        self.pongs.clear()
+        # Every wanted channel is subscribed again on the next connection; the
+        # futures of the unconfirmed commands wait for that.
+        for name in list(self.confirming):
+            futures = [f for entry in self.confirming.pop(name) for f in entry[0]]
+            if name in self.wanted:
+                self.confirming[name] = deque([(futures or [self.loop.create_future()], False)])
+            else:
+                for future in futures:
+                    if not future.done():
+                        future.set_result(None)
+
+    def _resubscribe(self, connection: Any) -> None:
+        names = sorted(self.wanted)
+        for name in names:
+            if name not in self.confirming:
+                self.confirming[name] = deque([([self.loop.create_future()], False)])
+        for start in range(0, len(names), 1000):
+            self._send("SUBSCRIBE", *names[start : start + 1000])
+
+    async def _reconcile(self) -> None:
+        """After a reconnection: tell the gaps of groups whose messages were
+        published while this process was not subscribed, without waiting for their
+        next message."""
+        names = [n for n in self.wanted if self.last.get(n) is not None]
+        try:
+            await asyncio.gather(*(asyncio.shield(self.confirmed(n)) for n in names))
+            pipe = self.layer.redis.pipeline(transaction=False)
+            for name in names:
+                pipe.hget(self.layer.counter_key(name), "n")
+            counts = await pipe.execute()
+            await self.barrier()
+        except REDIS_DOWN:
+            return  # the next reconnection reconciles
+        for name, count in zip(names, counts, strict=True):
+            last = self.last.get(name)
+            if last is None or name not in self.wanted:
+                continue
+            current = int(count or 0)
+            # A restart of the numbering was seen at the connection (the epoch); here
+            # the counter can only be ahead of what arrived.
+            if current > last:
+                self.last[name] = current
+                self.layer.missed_on(name, current - last)
+
+    # What Redis sends.
+
+    def _handle(self, reply: Any) -> None:
+        kind = reply[0]
+        if kind == b"message":
+            self._message(reply[1], reply[2])
+        elif kind == b"subscribe":
+            name = reply[1]
+            pending = self.confirming.get(name)
+            if pending:
+                futures, fresh = pending.popleft()
+                if not pending:
+                    del self.confirming[name]
+                if fresh:
+                    self.last[name] = None
+                for future in futures:
+                    if not future.done():
+                        future.set_result(None)
+        elif kind == b"pong" and self.pongs:
+            future = self.pongs.popleft()
+            if not future.done():
+                future.set_result(None)
+
+    def _message(self, name: bytes, data: bytes) -> None:
+        if name not in self.wanted:
+            return  # unsubscribed while the message was on its way
+        head, _, payload = data.partition(b":")
+        seq = int(head)
+        last = self.last.get(name)
+        if last is None:
+            missed = 0
+        elif seq > last:
+            missed = seq - last - (1 if payload else 0)
+        else:  # the counter restarted: what came before this one was not seen
+            missed = seq - (1 if payload else 0)
+        self.last[name] = seq
+        if missed > 0:
+            self.layer.missed_on(name, missed)
+        if payload:
+            self.layer.arrived(name, payload)
+
+
+class RedisFanoutLayer(LocalChannelLayer):
+    """A Channels layer for many processes: groups published once through Redis.
+
+    CONFIG: ``hosts`` (one entry, as channels-redis takes it: a URL, or a dict with
+    Sentinel's ``master_name`` and ``sentinels``), ``prefix``, ``capacity`` and
+    ``channel_capacity`` (per channel, as the embedded layer), ``expiry``,
+    ``group_expiry`` (how long an idle group's counter lives), ``retry_for``
+    (seconds a send or a group change waits for an unreachable Redis, default 5),
+    ``serializer_format`` and ``symmetric_encryption_keys`` (channels-redis's
+    serializers, msgpack by default), ``history_size`` and ``history_expiry``
+    (messages kept per group in Redis for recovery; 0, the default, keeps none).
+    """
+
+    extensions = ["groups", "flush"]
+
+    def __init__(
+        self,
+        hosts: Iterable[Any] | None = None,
+        prefix: str = "skapi",
+        expiry: int = 60,
+        group_expiry: int = 86400,
+        capacity: int = 1000,
+        channel_capacity: dict[str, int] | None = None,
+        retry_for: float = 5.0,
+        serializer_format: str = "msgpack",
+        symmetric_encryption_keys: Iterable[str] | None = None,
+        history_size: int = 0,
+        history_expiry: int = 3600,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            expiry=expiry,
+            group_expiry=group_expiry,
+            capacity=capacity,
+            channel_capacity=channel_capacity,
+        )
+        decoded = decode_hosts(hosts)
+        if len(decoded) != 1:
+            raise ImproperlyConfigured(
+                "RedisFanoutLayer takes one Redis host (a URL or a Sentinel entry), "
+                f"not {len(decoded)}: messages of one sender must go through one server "
+                "to keep their order."
+            )
+        self.host = decoded[0]
+        self.prefix = prefix
+        self.group_expiry = group_expiry
+        self.retry_for = retry_for
+        self.history_size = history_size
+        self.history_expiry = history_expiry
+        self.serializer = registry.get_serializer(
+            serializer_format, symmetric_encryption_keys=symmetric_encryption_keys
+        )
+        self.process = secrets.token_hex(6)
+        self.inbox = f"{prefix}:p:{self.process}".encode()
+        self.subscriber_name = f"skapi-sub-{self.process}"
+        self._group_prefix = f"{prefix}:g:".encode()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._subscriber: _Subscriber | None = None
+        self.pool: Any = None
+        self.redis: Any = None
+        self._script: Any = None
+        # Sends given up while Redis was down, per Redis channel: published later as
+        # gap markers so their receivers are told.
+        self.unsent: Counter[bytes] = Counter()
+        self._telling: asyncio.Task[None] | None = None
+
+    # Connections, one set per event loop.
+
+    def _ensure(self) -> _Subscriber:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._subscriber is None:
+            self._loop = loop
+            self.pool = create_pool(self.host)
+            self.redis = aioredis.Redis(connection_pool=self.pool)
+            self._script = self.redis.register_script(PUBLISH_LUA)
+            self._subscriber = _Subscriber(self, loop)
+            self._subscriber.subscribe(self.inbox)
+            for group in self.groups:
+                self._subscriber.subscribe(self.channel_key(group))
+        return self._subscriber
+
+    async def epoch(self) -> bytes:
+        value: bytes = await self.redis.eval(
+            EPOCH_LUA, 1, f"{self.prefix}:epoch", secrets.token_hex(8)
+        )
+        return value
+
+    def channel_key(self, group: str) -> bytes:
+        return self._group_prefix + group.encode()
+
+    def counter_key(self, channel: bytes) -> bytes:
+        return channel + b"#n"
+
+    def history_key(self, channel: bytes) -> bytes:
+        return channel + b"#h"
+
+    # Messages in.
+
+    def arrived(self, name: bytes, payload: bytes) -> None:
+        message = self.serializer.deserialize(payload)
+        if name == self.inbox:
+            target = message.pop(TO, "")
+            if not self._put(target, message):
+                self._lost(target)
+                self._count_drops(1)
+            return
+        self.deliver(name[len(self._group_prefix) :].decode(), message)
+
+    def missed_on(self, name: bytes, count: int) -> None:
+        if name == self.inbox:
+            # Which channels they were for is unknown: counted and logged only.
+            self._count_drops(count)
+        else:
+            self.tell_missed(name[len(self._group_prefix) :].decode(), count)
+
+    # Channel layer API.
+
+    async def new_channel(self, prefix: str = "specific.") -> str:
+        # Listening on this process's own channel before a name is handed out.
+        subscriber = self._ensure()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                asyncio.shield(subscriber.confirmed(self.inbox)), self.retry_for
+            )
+        return f"{prefix}{self.process}!{secrets.token_urlsafe(12)}"
+
+    def _is_local(self, channel: str) -> bool:
+        return channel.partition("!")[0].endswith(self.process)
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        assert isinstance(message, dict), "message is not a dict"
+        self.require_valid_channel_name(channel)
+        if self._is_local(channel) or "!" not in channel:
+            await super().send(channel, message)
+            return
+        process = channel.partition("!")[0].rpartition(".")[2]
+        self._ensure()
+        await self._publish(f"{self.prefix}:p:{process}".encode(), {**message, TO: channel})
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        self._ensure()
+        return await super().receive(channel)
+
+    async def group_add(self, group: str, channel: str) -> None:
+        subscriber = self._ensure()
+        fresh = group not in self.groups
+        await super().group_add(group, channel)
+        name = self.channel_key(group)
+        waiter = subscriber.subscribe(name) if fresh else subscriber.confirmed(name)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), self.retry_for)
+        except TimeoutError:
+            # Redis is unreachable: the subscription is made when it answers again.
+            logger.warning("Redis unreachable: subscription to %s not confirmed yet", group)
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        members = self.groups.get(group)
+        if members is not None and channel in members:
+            # Everything published to the group before now reaches the channel first.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._ensure().barrier()), self.retry_for)
+        await super().group_discard(group, channel)
+
+    def _leave(self, group: str, channel: str) -> None:
+        super()._leave(group, channel)
+        if group not in self.groups and self._subscriber is not None:
+            self._subscriber.unsubscribe(self.channel_key(group))
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        assert isinstance(message, dict), "Message is not a dict"
+        self.require_valid_group_name(group)
+        self._ensure()
+        await self._publish(self.channel_key(group), message)
+
+    async def _publish(self, name: bytes, message: dict[str, Any]) -> None:
+        payload = self.serializer.serialize(message)
+        deadline = time.monotonic() + self.retry_for
+        delay = 0.05
+        while True:
+            try:
+                await self._run_script(name, payload, 1)
+                return
+            except REDIS_DOWN as error:
+                if time.monotonic() + delay > deadline:
+                    logger.warning("Redis unreachable: a message was not sent (%s)", error)
+                    self._count_drops(1)
+                    self.unsent[name] += 1
+                    if self._telling is None or self._telling.done():
+                        self._telling = asyncio.get_running_loop().create_task(self._tell_unsent())
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def _run_script(self, name: bytes, payload: bytes, increment: int) -> int:
+        history = self.history_size if not name.startswith(f"{self.prefix}:p:".encode()) else 0
+        keys = [self.counter_key(name), name, self.history_key(name)]
+        args = [
+            payload,
+            self.group_expiry,
+            increment,
+            secrets.token_hex(4),
+            history,
+            self.history_expiry,
+        ]
+        return int(await self._script(keys=keys, args=args))
+
+    async def _tell_unsent(self) -> None:
+        """Once Redis answers again, advance the counters of the groups whose sends
+        were given up, with a gap marker, so their receivers are told."""
+        delay = 0.2
+        while self.unsent:
+            name, count = next(iter(self.unsent.items()))
+            try:
+                await self._run_script(name, b"", count)
+            except REDIS_DOWN:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            self.unsent[name] -= count
+            if self.unsent[name] <= 0:
+                del self.unsent[name]
+
+    # History (kept when ``history_size`` > 0).
+
+    async def history(
+        self, group: str, after: int = 0
+    ) -> tuple[str | None, list[tuple[int, dict[str, Any]]]]:
+        """The epoch of ``group``'s numbering and the kept messages numbered above
+        ``after``, oldest first. A different epoch than a client saw means the
+        numbering restarted (Redis lost it, or the group was idle past
+        ``group_expiry``)."""
+        self._ensure()
+        name = self.channel_key(group)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hget(self.counter_key(name), "e")
+        pipe.lrange(self.history_key(name), 0, -1)
+        epoch, items = await pipe.execute()
+        out = []
+        for item in items:
+            head, _, payload = item.partition(b":")
+            if int(head) > after:
+                out.append((int(head), self.serializer.deserialize(payload)))
+        return (epoch.decode() if epoch else None), out
+
+    # Flush extension, and shutdown.
+
+    async def flush(self) -> None:
+        await super().flush()
+        self._ensure()
+        async for key in self.redis.scan_iter(match=f"{self.prefix}:*", count=1000):
+            await self.redis.delete(key)
+
+    async def close(self) -> None:
+        subscriber, self._subscriber = self._subscriber, None
+        if subscriber is not None:
+            subscriber.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await subscriber.task
+        if self.redis is not None:
+            await self.redis.aclose(close_connection_pool=True)
+            self.redis = None
+        self._loop = None
+
+    close_pools = close

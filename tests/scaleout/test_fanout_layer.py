@@ -1,0 +1,274 @@
+"""skapi_channels.redis_fanout on a real Redis. Two layer instances stand for two
+server processes (each has its own subscription connection and process id)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from skapi_channels.redis_fanout import RedisFanoutLayer
+from skapi_channels.runtime import runtime
+from tests.scaleout.conftest import RedisServer
+
+pytestmark = [pytest.mark.scaleout, pytest.mark.timeout(60)]
+
+
+def redis_url() -> str:
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        pytest.skip("set REDIS_URL to run the channel-layer tests on Redis")
+    return url
+
+
+def make(url: str, prefix: str, **config: Any) -> RedisFanoutLayer:
+    return RedisFanoutLayer(hosts=[url], prefix=prefix, **config)
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[Callable[..., tuple[RedisFanoutLayer, RedisFanoutLayer]]]:
+    made: list[RedisFanoutLayer] = []
+    prefix = "skapi-fanout-test-" + secrets.token_hex(4)
+
+    def factory(**config: Any) -> tuple[RedisFanoutLayer, RedisFanoutLayer]:
+        layers = make(redis_url(), prefix, **config), make(redis_url(), prefix, **config)
+        made.extend(layers)
+        return layers
+
+    runtime.counters.clear()
+    yield factory
+    if made:
+        await made[0].flush()
+    for layer in made:
+        await layer.close()
+    runtime.counters.clear()
+
+
+async def receive(layer: RedisFanoutLayer, channel: str, timeout: float = 5) -> dict[str, Any]:
+    return await asyncio.wait_for(layer.receive(channel), timeout)
+
+
+async def test_a_group_message_reaches_members_in_both_processes_in_order(pair: Any) -> None:
+    a, b = pair()
+    here, there, other = await a.new_channel(), await b.new_channel(), await b.new_channel()
+    for layer, channel in ((a, here), (b, there), (b, other)):
+        await layer.group_add("room", channel)
+    for number in range(20):
+        await a.group_send("room", {"type": "skapi.frame", "n": number})
+    for layer, channel in ((a, here), (b, there), (b, other)):
+        assert [(await receive(layer, channel))["n"] for _ in range(20)] == list(range(20))
+    # One subscription per process and group, whatever the number of members.
+    assert b.groups["room"].keys() == {there, other}
+
+
+async def test_a_message_published_after_group_add_returns_is_never_missed(pair: Any) -> None:
+    a, b = pair()
+    for number in range(30):
+        channel = await b.new_channel()
+        await b.group_add(f"fresh-{number}", channel)  # returns once Redis confirmed
+        await a.group_send(f"fresh-{number}", {"type": "skapi.frame", "n": number})
+        assert (await receive(b, channel))["n"] == number
+
+
+async def test_send_reaches_a_channel_of_another_process(pair: Any) -> None:
+    a, b = pair()
+    channel = await b.new_channel()
+    await a.send(channel, {"type": "first"})
+    await a.send(channel, {"type": "second"})
+    assert (await receive(b, channel))["type"] == "first"
+    assert (await receive(b, channel))["type"] == "second"
+    mine = await a.new_channel()
+    await a.send(mine, {"type": "local"})  # queued directly
+    assert (await receive(a, mine))["type"] == "local"
+
+
+async def test_what_was_published_before_a_discard_is_queued_before_it(pair: Any) -> None:
+    a, b = pair()
+    staying, leaving = await b.new_channel(), await b.new_channel()
+    await b.group_add("room", staying)
+    await b.group_add("room", leaving)
+    for number in range(50):
+        await a.group_send("room", {"type": "skapi.frame", "n": number})
+    await b.group_discard("room", leaving)  # while those may still be on their way
+    await b.send(leaving, {"type": "skapi.drained"})
+    received = [await receive(b, leaving) for _ in range(51)]
+    assert [m.get("n") for m in received] == [*range(50), None]
+    await a.group_send("room", {"type": "skapi.frame", "n": "after"})
+    assert [(await receive(b, staying))["n"] for _ in range(51)][-1] == "after"
+    assert b.channels[leaving].messages == type(b.channels[leaving].messages)()
+
+
+async def test_the_last_member_leaving_unsubscribes(pair: Any) -> None:
+    a, b = pair()
+    channel = await b.new_channel()
+    await b.group_add("room", channel)
+    redis = Redis.from_url(redis_url())
+    try:
+        key = b.channel_key("room")
+        assert (await redis.pubsub_numsub(key))[0][1] == 1
+        await b.group_discard("room", channel)
+        for _ in range(50):
+            if (await redis.pubsub_numsub(key))[0][1] == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert (await redis.pubsub_numsub(key))[0][1] == 0
+    finally:
+        await redis.aclose()
+
+
+async def test_a_gap_in_the_numbering_is_told_to_the_members_that_asked(pair: Any) -> None:
+    a, b = pair()
+    told, silent = await b.new_channel(), await b.new_channel()
+    for channel in (told, silent):
+        await b.group_add("room", channel)
+    b.report_missed_to(told)
+    await a.group_send("room", {"type": "skapi.frame", "n": 1})
+    assert (await receive(b, told))["n"] == 1
+    # Three messages that never reached b (as when its connection dropped).
+    redis = Redis.from_url(redis_url())
+    try:
+        await redis.hincrby(a.counter_key(a.channel_key("room")), "n", 3)
+    finally:
+        await redis.aclose()
+    await a.group_send("room", {"type": "skapi.frame", "n": 5})
+    assert await receive(b, told) == {"type": "skapi.missed", "count": 3}
+    assert (await receive(b, told))["n"] == 5
+    assert [(await receive(b, silent))["n"] for _ in range(2)] == [1, 5]
+    assert runtime.counters["dropped"] == 6  # three messages, two members
+
+
+async def test_a_dropped_subscription_connection_is_told_without_a_next_message(
+    pair: Any,
+) -> None:
+    a, b = pair()
+    channel = await b.new_channel()
+    await b.group_add("room", channel)
+    b.report_missed_to(channel)
+    await a.group_send("room", {"type": "skapi.frame", "n": 0})
+    assert (await receive(b, channel))["n"] == 0
+    redis = Redis.from_url(redis_url())
+    try:
+        # Redis disconnects b's subscriber (what it does to one that falls behind);
+        # messages published before b subscribes again never reach it.
+        for client in await redis.client_list(_type="pubsub"):
+            if client["name"] == b.subscriber_name:
+                await redis.client_kill_filter(_id=client["id"])
+        for number in range(1, 4):
+            await a.group_send("room", {"type": "skapi.frame", "n": number})
+    finally:
+        await redis.aclose()
+    events = []
+    while True:
+        event = await receive(b, channel, 10)
+        events.append(event)
+        if sum(e.get("count", 0) for e in events) + len([e for e in events if "n" in e]) >= 3:
+            break
+    delivered = [e["n"] for e in events if "n" in e]
+    missed = sum(e.get("count", 0) for e in events)
+    assert delivered == sorted(delivered) and missed + len(delivered) == 3, events
+
+
+async def test_a_slow_receiver_is_told_what_its_full_queue_lost(pair: Any) -> None:
+    a, b = pair(capacity=2)
+    channel = await b.new_channel()
+    await b.group_add("room", channel)
+    b.report_missed_to(channel)
+    for number in range(5):
+        await a.group_send("room", {"type": "skapi.frame", "n": number})
+    barrier = b._subscriber.barrier() if b._subscriber else None
+    if barrier is not None:
+        await barrier
+    events = [await receive(b, channel) for _ in range(3)]
+    assert events[0] == {"type": "skapi.missed", "count": 3}
+    assert [e["n"] for e in events[1:]] == [0, 1]
+
+
+async def test_commands_per_broadcast_do_not_grow_with_the_group(private_redis: RedisServer) -> None:
+    """One broadcast to 1,000 members spread over 2 processes costs at most
+    2 x processes + 2 Redis commands (INFO commandstats)."""
+    layers = [make(private_redis.url, "count"), make(private_redis.url, "count")]
+    channels = []
+    for layer in layers:
+        for _ in range(500):
+            channel = await layer.new_channel()
+            channels.append((layer, channel))
+            await layer.group_add("big", channel)
+    await layers[0].group_send("big", {"type": "skapi.frame", "n": "warm-up"})
+    for layer, channel in channels:
+        assert (await receive(layer, channel))["n"] == "warm-up"
+    redis = Redis.from_url(private_redis.url)
+    try:
+        before = await redis.info("commandstats")
+        await layers[1].group_send("big", {"type": "skapi.frame", "n": "counted"})
+        for layer, channel in channels:
+            assert (await receive(layer, channel))["n"] == "counted"
+        after = await redis.info("commandstats")
+    finally:
+        await redis.aclose()
+    calls = {
+        name: after[name]["calls"] - before.get(name, {}).get("calls", 0)
+        for name in after
+        if after[name]["calls"] != before.get(name, {}).get("calls", 0)
+    }
+    calls["cmdstat_info"] = calls.get("cmdstat_info", 1) - 1  # the first INFO itself
+    total = sum(calls.values())
+    print(f"Redis commands for one broadcast to 1,000 members over 2 processes: {calls}")
+    assert total <= 2 * len(layers) + 2, calls
+    for layer in layers:
+        await layer.close()
+
+
+async def test_a_redis_restart_is_survived_and_its_gap_told(private_redis: RedisServer) -> None:
+    a, b = make(private_redis.url, "restart"), make(private_redis.url, "restart")
+    runtime.counters.clear()
+    channel = await b.new_channel()
+    await b.group_add("room", channel)
+    b.report_missed_to(channel)
+    await a.group_send("room", {"type": "skapi.frame", "n": 0})
+    assert (await receive(b, channel))["n"] == 0
+    receiving = asyncio.create_task(b.receive(channel))
+    private_redis.stop()
+    await asyncio.sleep(0.5)
+    assert not receiving.done(), "receive gave up while Redis was down"
+    private_redis.start()  # empty: every counter starts again
+    # Sent before b subscribed again, or after: delivered or told, never both.
+    for number in range(1, 6):
+        await a.group_send("room", {"type": "skapi.frame", "n": number})
+    events = [await asyncio.wait_for(receiving, 10)]
+    while sum(e.get("count", 0) for e in events) + len([e for e in events if "n" in e]) < 5:
+        events.append(await receive(b, channel, 10))
+    delivered = [e["n"] for e in events if "n" in e]
+    missed = sum(e.get("count", 0) for e in events)
+    assert delivered == sorted(delivered) and missed + len(delivered) == 5, events
+    # The subscription is back: a new message arrives.
+    await a.group_send("room", {"type": "skapi.frame", "n": "after"})
+    assert (await receive(b, channel, 10))["n"] == "after"
+    for layer in (a, b):
+        await layer.close()
+    runtime.counters.clear()
+
+
+async def test_a_send_given_up_during_an_outage_is_told_once_redis_is_back(
+    private_redis: RedisServer,
+) -> None:
+    a = make(private_redis.url, "outage", retry_for=0.3)
+    b = make(private_redis.url, "outage", retry_for=0.3)
+    runtime.counters.clear()
+    channel = await b.new_channel()
+    await b.group_add("room", channel)
+    b.report_missed_to(channel)
+    await a.group_send("room", {"type": "skapi.frame", "n": 0})
+    assert (await receive(b, channel))["n"] == 0
+    private_redis.stop()
+    await a.group_send("room", {"type": "skapi.frame", "n": "lost"})  # neither raises nor hangs
+    assert runtime.counters["dropped"] == 1
+    private_redis.start()
+    assert await receive(b, channel, 15) == {"type": "skapi.missed", "count": 1}
+    for layer in (a, b):
+        await layer.close()
+    runtime.counters.clear()
