@@ -15,7 +15,9 @@ SQLITE_PATH or DATABASE_URL as the servers get them). Commands:
 - ``querytime CASES REPEATS``: time the listing cases in-process, without HTTP;
 - ``layer``: print the channel-layer backend the settings select;
 - ``check``: compare the counts with a fresh count of the connection rows and print
-  the result as JSON.
+  the result as JSON;
+- ``batches``: print the presence group-commit figures the live server processes
+  published with their last heartbeat, as JSON.
 """
 
 from __future__ import annotations
@@ -222,6 +224,14 @@ def querytime(cases_file: str, repeats: int, depth: int = 50) -> list[dict[str, 
     return rows
 
 
+def batches() -> list[dict[str, object]]:
+    """Each server process's group-commit figures (batches, requests, sizes)."""
+    return [
+        {name: value for name, value in (stats or {}).items() if name.startswith("presence_")}
+        for stats in ServerProcess.objects.exclude(id=FAKE_SERVER).values_list("stats", flat=True)
+    ]
+
+
 def main(argv: list[str]) -> None:
     command = argv[0]
     if command == "migrate":
@@ -234,6 +244,8 @@ def main(argv: list[str]) -> None:
         print(json.dumps(populate(int(argv[1]), int(argv[2]), int(argv[3]))))
     elif command == "check":
         print(json.dumps(check()))
+    elif command == "batches":
+        print(json.dumps(batches()))
     elif command == "querytime":
         print(json.dumps(querytime(argv[1], int(argv[2]))))
     elif command == "layer":

@@ -437,6 +437,118 @@ class Run:
             result["presence_check"] = json.loads(out.decode().strip().splitlines()[-1])
         return result
 
+    async def storm(self) -> dict[str, Any]:
+        """Every client connects and joins its group at once, as after a restart."""
+        count, groups = self.spec["clients"], self.spec["groups"]
+        in_flight = asyncio.Semaphore(self.spec.get("in_flight", 200))
+        handshakes: list[float] = []
+        joins: list[float] = []
+        failures = [0]
+        start = perf()
+        last = [start]
+
+        async def one(index: int) -> None:
+            port, path, _ = self.url(index)
+            client = Client(self.kind, self.stats)
+            async with in_flight:
+                began = perf()
+                try:
+                    await client.connect(self.host, port, path)
+                except (OSError, TimeoutError):
+                    failures[0] += 1
+                    return
+                handshakes.append(perf() - began)
+            self.clients.append(client)
+            # A user's connections spread over several groups.
+            user = index % max(1, len(self.users))
+            group = f"storm{(user + index // max(1, len(self.users))) % groups}"
+            began = perf()
+            try:
+                await client.join(group)
+            except (RuntimeError, TimeoutError):
+                failures[0] += 1
+                return
+            now = perf()
+            joins.append(now - began)
+            last[0] = max(last[0], now)
+
+        await asyncio.gather(*(one(i) for i in range(count)))
+        elapsed = last[0] - start
+        hs, jn = percentiles(handshakes), percentiles(joins)
+        result: dict[str, Any] = {
+            "clients": count,
+            "groups": groups,
+            "processes": len(self.ports),
+            "joined": len(joins),
+            "failures": failures[0],
+            "all_joined_s": round(elapsed, 3),
+            "handshake_p50_ms": hs["p50_ms"],
+            "handshake_p99_ms": hs["p99_ms"],
+            "join_p50_ms": jn["p50_ms"],
+            "join_p99_ms": jn["p99_ms"],
+        }
+        if self.spec.get("check_cmd"):
+            process = await asyncio.create_subprocess_exec(
+                *self.spec["check_cmd"], stdout=asyncio.subprocess.PIPE, env=self.spec["check_env"]
+            )
+            out, _ = await asyncio.wait_for(process.communicate(), 120)
+            check = json.loads(out.decode().strip().splitlines()[-1])
+            check["all_connected"] = check["connections"] == count
+            result["presence_check"] = check
+        return result
+
+    async def paced(self) -> dict[str, Any]:
+        """Joins at a fixed total rate, spread over the clients: ack latency under
+        ordinary churn rather than at saturation."""
+        count, groups = self.spec["clients"], self.spec["groups"]
+        rate, duration = self.spec["rate"], self.spec["seconds"]
+        if self.kind == "app":
+            self.users = self.users[: max(1, count // 2)]
+        clients = [c for c, _ in await self.open(list(range(count)))]
+        latencies: list[float] = []
+        failures = [0]
+        tasks: set[asyncio.Task[None]] = set()
+        busy: set[int] = set()
+
+        async def join(index: int, group: str | None) -> None:
+            busy.add(index)
+            began = perf()
+            try:
+                await clients[index].join(group)
+                latencies.append(perf() - began)
+            except (RuntimeError, TimeoutError):
+                failures[0] += 1
+            finally:
+                busy.discard(index)
+
+        start = perf()
+        total = int(rate * duration)
+        skipped = 0
+        for step in range(total):
+            delay = start + step / rate - perf()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            index = step % count
+            if index in busy:  # its previous join is still unanswered
+                skipped += 1
+                continue
+            group = None if (step // count) % 3 == 2 else f"paced{(step + step // count) % groups}"
+            task = asyncio.get_running_loop().create_task(join(index, group))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.wait(tasks, timeout=30)
+        elapsed = perf() - start
+        return {
+            "clients": count,
+            "rate": rate,
+            "joins": len(latencies),
+            "joins_per_s": round(len(latencies) / elapsed, 1),
+            "skipped": skipped,
+            "failures": failures[0],
+            **percentiles(latencies),
+        }
+
     async def memory(self) -> dict[str, Any]:
         count, warm = self.spec["connections"], self.spec.get("warm", 20)
         pids: list[int] = self.spec["pids"]

@@ -48,7 +48,8 @@ APP_OVERRIDES = {
     "HANDSHAKES_PER_MINUTE": 1_000_000,
     "GROUPS_CREATED_PER_MINUTE": 1_000_000,
 }
-SCENARIOS = ("fanout", "private", "churn", "listing", "memory")
+SCENARIOS = ("fanout", "private", "churn", "listing", "memory", "storm", "paced")
+APP_TARGETS = ("app/embedded/daphne", "app/redis+pg/daphne", "app/redis+pg/daphne-x2")
 
 # name: kind (app or bare protocol), backend, server, processes, baseline counterpart
 TARGETS: dict[str, dict[str, Any]] = {
@@ -78,6 +79,9 @@ SCENARIO_TARGETS = {
     "churn": tuple(TARGETS),
     "listing": ("app/embedded/daphne", "app/redis+pg/daphne"),
     "memory": tuple(name for name, t in TARGETS.items() if t["procs"] == 1),
+    # Presence under a reconnect storm and under paced churn: the app's alone.
+    "storm": APP_TARGETS,
+    "paced": ("app/embedded/daphne", "app/redis+pg/daphne"),
 }
 
 
@@ -107,7 +111,7 @@ def plan(p: dict[str, Any], scenarios: list[str], names: list[str]) -> list[tupl
     rest("private", "memory")
     for n in ns[1:]:
         fan(n, lambda name, n: name not in primary and n <= 500 and TARGETS[name]["procs"] == 1)
-    rest("churn", "listing")
+    rest("churn", "listing", "storm", "paced")
     for n in ns[1:]:
         fan(n, lambda name, n: name in primary and n > 500)
     return items
@@ -123,6 +127,8 @@ def params(quick: bool, n: list[int] | None) -> dict[str, Any]:
             "listing_groups": [10_000],
             "listing_repeats": 5,
             "memory": 200,
+            "storm": {"clients": 200, "groups": 20},
+            "paced": {"clients": 20, "groups": 5, "rate": 100, "seconds": 3},
         }
     return {
         "fanout_n": n or [100, 500, 1000],
@@ -132,6 +138,8 @@ def params(quick: bool, n: list[int] | None) -> dict[str, Any]:
         "listing_groups": [10_000, 100_000],
         "listing_repeats": 20,
         "memory": 2000,
+        "storm": {"clients": 2000, "groups": 100},
+        "paced": {"clients": 50, "groups": 10, "rate": 100, "seconds": 10},
     }
 
 
@@ -328,6 +336,13 @@ def loadgen(spec: dict[str, Any], timeout: float = 600) -> dict[str, Any]:
 # Scenarios.
 
 
+def batch_figures(env: dict[str, str]) -> list[dict[str, Any]]:
+    """The presence group-commit figures of the servers, once they have published
+    them with a heartbeat (every 5 s by default)."""
+    time.sleep(5.5)
+    return json.loads(dbtool(env, "batches"))
+
+
 def run_scenario(
     name: str,
     target: dict[str, Any],
@@ -376,9 +391,21 @@ def run_scenario(
                 spec["check_cmd"] = [PY, "-m", "bench.dbtool", "check"]
                 spec["check_env"] = env
             result = loadgen(spec)
+            if env is not None:
+                result["batches"] = batch_figures(env)
         if env is not None:
             result["after_close"] = json.loads(dbtool(env, "check"))
         return result
+    if scenario in ("storm", "paced"):
+        with Servers(name, target) as servers:
+            spec = {**base, "scenario": scenario, "ports": servers.ports, **p[scenario]}
+            if scenario == "storm" and env is not None:
+                spec["check_cmd"] = [PY, "-m", "bench.dbtool", "check"]
+                spec["check_env"] = env
+            result = loadgen(spec)
+            if env is not None:
+                result["batches"] = batch_figures(env)
+            return result
     if scenario == "memory":
         with Servers(name, target) as servers:
             return loadgen(
@@ -588,6 +615,42 @@ def tables(data: dict[str, Any]) -> str:
                 f"{fmt(ratio(me.get('kib_per_connection'), (bare.get('memory') or {}).get('kib_per_connection')), 2)} |"
             )
         lines.append("")
+    storms = [(name, r["storm"]) for name, r in res.items() if r.get("storm")]
+    if storms:
+        lines += [
+            "### Reconnect storm: N clients connect and join their groups at once",
+            "",
+            "| target | clients | joined | all joined s | handshake p50 ms | p99 ms |"
+            " join p50 ms | p99 ms | presence check |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, st in storms:
+            check = st.get("presence_check")
+            check_text = (
+                "–"
+                if check is None
+                else ("ok" if check["ok"] and check.get("all_connected") else "MISMATCH")
+            )
+            lines.append(
+                f"| {name} | {st['clients']:,} | {st['joined']:,} | {fmt(st['all_joined_s'], 2)} |"
+                f" {fmt(st['handshake_p50_ms'], 1)} | {fmt(st['handshake_p99_ms'], 1)} |"
+                f" {fmt(st['join_p50_ms'], 1)} | {fmt(st['join_p99_ms'], 1)} | {check_text} |"
+            )
+        lines.append("")
+    paced = [(name, r["paced"]) for name, r in res.items() if r.get("paced")]
+    if paced:
+        lines += [
+            "### Paced churn: joins at a fixed rate",
+            "",
+            "| target | clients | rate joins/s | joins | p50 ms | p99 ms | failures |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, pc in paced:
+            lines.append(
+                f"| {name} | {pc['clients']} | {pc['rate']} | {pc['joins']} |"
+                f" {fmt(pc['p50_ms'], 1)} | {fmt(pc['p99_ms'], 1)} | {pc['failures']} |"
+            )
+        lines.append("")
     for name, r in res.items():
         for groups, listing in (r.get("listing") or {}).items():
             lines += [
@@ -707,6 +770,27 @@ def targets(res: dict[str, Any], ns: list[int]) -> list[dict[str, Any]]:
                 None,
                 "counts = fresh count",
                 check["ok"] and res[app]["churn"].get("after_close", {}).get("ok", True),
+            )
+    for app in APP_TARGETS:
+        storm = (res.get(app) or {}).get("storm")
+        if storm:
+            check = storm.get("presence_check") or {}
+            add(
+                f"storm of {storm['clients']:,}: all joined, presence exact, {app} (s)",
+                storm["all_joined_s"],
+                "< 4",
+                storm["all_joined_s"] < 4
+                and storm["joined"] == storm["clients"]
+                and bool(check.get("ok") and check.get("all_connected")),
+            )
+    for app in ("app/embedded/daphne", "app/redis+pg/daphne"):
+        paced = (res.get(app) or {}).get("paced")
+        if paced and paced["p99_ms"] is not None:
+            add(
+                f"join ack p99 at {paced['rate']} joins/s, {app} (ms)",
+                paced["p99_ms"],
+                "< 20",
+                paced["p99_ms"] < 20,
             )
     return out
 

@@ -6,16 +6,21 @@ never blocks.
 
 Counts stay exact under concurrency because every change is an atomic statement
 (``INSERT ... ON CONFLICT DO UPDATE``, ``UPDATE ... RETURNING``), never a read
-followed by a write. Group rows are always locked in group-name order and user rows
-after them, so concurrent transactions cannot deadlock each other.
+followed by a write. Rows are always locked in one order (connections, memberships
+and groups by group name, then users), so concurrent transactions cannot deadlock
+each other.
+
+The consumers' writes (open, move, close) are applied many to a transaction, with
+multi-row statements: ``apply_writes``; ``presence_batch`` gathers them.
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
@@ -30,9 +35,11 @@ from skapi_channels.models import (
     RealtimeGroup,
     ServerProcess,
 )
+from skapi_channels.presence_batch import GroupCommit
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 def _table(model: type) -> str:
@@ -75,73 +82,201 @@ def atomic_with_retry(function: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-# Counting primitives; callers hold a transaction and respect the lock order.
-
-
 class GroupCreationRefused(Exception):
     """Raised inside a move to roll it back: it would create a group, and the
     caller said it may not."""
 
 
-def _enter_group(cursor: Any, group_name: str, user_id: str, now: datetime) -> bool:
-    """Count one more connection of ``user_id`` in the group; True if that created it."""
-    membership, group = _table(GroupMembership), _table(RealtimeGroup)
-    cursor.execute(
-        f"INSERT INTO {membership} (group_name, user_id, connections) VALUES (%s, %s, 1) "
-        f"ON CONFLICT (group_name, user_id) DO UPDATE "
-        f"SET connections = {membership}.connections + 1 RETURNING connections",
-        [group_name, user_id],
-    )
-    if cursor.fetchone()[0] == 1:  # the user's first connection in the group
+# Counting primitives; callers hold a transaction. Rows are changed in the fixed lock
+# order: connection rows, then memberships by (group name, user_id), then groups by
+# name, then online users by user_id, so concurrent transactions cannot deadlock.
+# Many changes go together in multi-row statements.
+
+# Rows per statement: keeps every statement well under SQLite's parameter limit.
+ROWS_PER_STATEMENT = 200
+
+
+def _chunks(items: Sequence[T], size: int = ROWS_PER_STATEMENT) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _where_keys(columns: tuple[str, ...], keys: Sequence[tuple[Any, ...]]) -> tuple[str, list[Any]]:
+    """A condition matching the rows of ``keys``, and its parameters."""
+    if len(columns) == 1:
+        return f"{columns[0]} IN ({', '.join(['%s'] * len(keys))})", [key[0] for key in keys]
+    one = "(" + " AND ".join(f"{column} = %s" for column in columns) + ")"
+    return " OR ".join([one] * len(keys)), [value for key in keys for value in key]
+
+
+def _lock_rows(
+    cursor: Any, table: str, columns: tuple[str, ...], keys: Sequence[tuple[Any, ...]]
+) -> None:
+    """Lock the existing rows of ``keys`` in key order before a multi-row UPDATE,
+    whose own order of locking is the plan's. (SQLite locks the whole database.)"""
+    if connection.vendor != "postgresql" or len(keys) < 2:
+        return
+    for part in _chunks(keys):
+        where, params = _where_keys(columns, part)
         cursor.execute(
-            f"INSERT INTO {group} (name, number_of_users, created_at) VALUES (%s, 1, %s) "
-            f"ON CONFLICT (name) DO UPDATE SET number_of_users = {group}.number_of_users + 1 "
-            f"RETURNING number_of_users",
-            [group_name, _db_time(now)],
+            f"SELECT 1 FROM {table} WHERE {where} ORDER BY {', '.join(columns)} FOR UPDATE",
+            params,
         )
-        return bool(cursor.fetchone()[0] == 1)
-    return False
 
 
-def _decrement(cursor: Any, table: str, counter: str, where: str, params: list[Any]) -> bool:
-    """Take one from ``counter`` of the row ``where`` names, and delete the row when
-    that leaves zero; True when it was deleted."""
-    cursor.execute(
-        f"UPDATE {table} SET {counter} = {counter} - 1 WHERE {where} RETURNING {counter}", params
+def _change_counts(
+    cursor: Any,
+    table: str,
+    columns: tuple[str, ...],
+    counter: str,
+    deltas: Mapping[tuple[Any, ...], int],
+    extra: Mapping[str, Any] | None = None,
+    lock: bool = True,
+) -> dict[tuple[Any, ...], tuple[int, int]]:
+    """Add each delta to the counter of the row its key names, making the row (with
+    the ``extra`` columns) when a positive delta finds none, and deleting the rows
+    left at zero. Answers (before, after) per row changed; a negative delta on a
+    missing row changes nothing."""
+    keys = sorted(key for key, delta in deltas.items() if delta)
+    down = [key for key in keys if deltas[key] < 0]
+    up = [key for key in keys if deltas[key] > 0]
+    if lock and down and len(keys) > 1:
+        _lock_rows(cursor, table, columns, keys)
+    names = ", ".join(columns)
+    after: dict[tuple[Any, ...], int] = {}
+    match_one = " AND ".join(f"{column} = %s" for column in columns)
+    for part in _chunks(down):
+        where, params = _where_keys(columns, part)
+        cases = " ".join([f"WHEN {match_one} THEN %s"] * len(part))
+        cursor.execute(
+            f"UPDATE {table} SET {counter} = {counter} + CASE {cases} END "
+            f"WHERE {where} RETURNING {names}, {counter}",
+            [value for key in part for value in (*key, deltas[key])] + params,
+        )
+        after.update((tuple(row[:-1]), row[-1]) for row in cursor.fetchall())
+    extra = extra or {}
+    width = len(columns) + 1 + len(extra)
+    extra_names = "".join(f", {name}" for name in extra)
+    for part in _chunks(up):
+        rows = ", ".join(["(" + ", ".join(["%s"] * width) + ")"] * len(part))
+        cursor.execute(
+            f"INSERT INTO {table} ({names}, {counter}{extra_names}) VALUES {rows} "
+            f"ON CONFLICT ({names}) DO UPDATE SET {counter} = {table}.{counter} + excluded.{counter} "
+            f"RETURNING {names}, {counter}",
+            [value for key in part for value in (*key, deltas[key], *extra.values())],
+        )
+        after.update((tuple(row[:-1]), row[-1]) for row in cursor.fetchall())
+    emptied = sorted(key for key, count in after.items() if count == 0)
+    for part in _chunks(emptied):
+        where, params = _where_keys(columns, part)
+        cursor.execute(f"DELETE FROM {table} WHERE {counter} = 0 AND ({where})", params)
+    return {key: (count - deltas[key], count) for key, count in after.items()}
+
+
+def _count_members(cursor: Any, members: Mapping[tuple[str, str], int], now: datetime) -> set[str]:
+    """Apply the changes of connections per (group, user), and so of distinct users
+    per group; answers the groups this created."""
+    changed = _change_counts(
+        cursor, _table(GroupMembership), ("group_name", "user_id"), "connections", members
     )
-    row = cursor.fetchone()
-    if row is None or row[0] > 0:
-        return False
-    cursor.execute(f"DELETE FROM {table} WHERE {where} AND {counter} = 0", params)
-    return bool(cursor.rowcount == 1)
-
-
-def _leave_group(cursor: Any, group_name: str, user_id: str) -> None:
-    """Count one connection of ``user_id`` less in the group."""
-    last_of_user = _decrement(
+    users: defaultdict[tuple[str], int] = defaultdict(int)
+    for (group, _user), (before, after) in changed.items():
+        if before == 0 and after > 0:
+            users[(group,)] += 1
+        elif before > 0 and after == 0:
+            users[(group,)] -= 1
+    groups = _change_counts(
         cursor,
-        _table(GroupMembership),
-        "connections",
-        "group_name = %s AND user_id = %s",
-        [group_name, user_id],
+        _table(RealtimeGroup),
+        ("name",),
+        "number_of_users",
+        users,
+        extra={"created_at": _db_time(now)},
     )
-    if last_of_user:
-        _decrement(cursor, _table(RealtimeGroup), "number_of_users", "name = %s", [group_name])
+    return {key[0] for key, (before, after) in groups.items() if before == 0 and after > 0}
 
 
-def _user_went_offline(cursor: Any, user_id: str) -> None:
-    _decrement(cursor, _table(OnlineUser), "connections", "user_id = %s", [user_id])
+def _admit(cursor: Any, wanted: Mapping[str, int], limit: int) -> dict[str, int]:
+    """Count up to ``wanted`` more connections per user, never more than ``limit``
+    in all; answers how many each user got."""
+    online = _table(OnlineUser)
+    granted: dict[str, int] = {}
+    asking = {user: min(count, limit) for user, count in wanted.items() if count > 0 and limit > 0}
+    for _attempt in range(3):
+        if not asking:
+            break
+        for part in _chunks(sorted(asking)):
+            cursor.execute(
+                f"INSERT INTO {online} (user_id, connections) VALUES "
+                f"{', '.join(['(%s, %s)'] * len(part))} "
+                f"ON CONFLICT (user_id) DO UPDATE SET connections = {online}.connections "
+                f"+ excluded.connections WHERE {online}.connections + excluded.connections <= %s "
+                f"RETURNING user_id",
+                [value for user in part for value in (user, asking[user])] + [limit],
+            )
+            for (user,) in cursor.fetchall():
+                granted[user] = asking.pop(user)
+        if not asking:
+            break
+        # Those rows would go over the limit (and are now locked): grant the room left.
+        room: dict[str, int] = {}
+        for part in _chunks(sorted(asking)):
+            cursor.execute(
+                f"SELECT user_id, connections FROM {online} "
+                f"WHERE user_id IN ({', '.join(['%s'] * len(part))})",
+                list(part),
+            )
+            room.update((user, limit - count) for user, count in cursor.fetchall())
+        asking = {
+            user: min(count, room.get(user, limit))
+            for user, count in asking.items()
+            if room.get(user, limit) > 0
+        }
+    return granted
 
 
-def _forget(cursor: Any, departures: Iterable[Departure]) -> None:
-    """Fix the counts for connections whose rows were just deleted."""
-    departures = list(departures)
-    for departure in sorted(
-        (d for d in departures if d.group_name is not None), key=lambda d: d.group_name or ""
-    ):
-        _leave_group(cursor, departure.group_name or "", departure.user_id)
-    for departure in sorted(departures, key=lambda d: d.user_id):
-        _user_went_offline(cursor, departure.user_id)
+def _count_users(
+    cursor: Any, departed: Mapping[str, int], opens: Sequence[OpenConnection]
+) -> list[bool]:
+    """Count the users' closed connections off and their new ones on, within each
+    user's limit (first come, first served); answers whether each open got in."""
+    online = _table(OnlineUser)
+    wanted: Counter[str] = Counter(write.user_id for write in opens)
+    limits: dict[str, int] = {}
+    for write in opens:
+        limits.setdefault(write.user_id, write.limit)
+    if departed and len(set(departed) | set(wanted)) > 1:
+        _lock_rows(cursor, online, ("user_id",), sorted({(u,) for u in (*departed, *wanted)}))
+    _change_counts(
+        cursor,
+        online,
+        ("user_id",),
+        "connections",
+        {(user,): -count for user, count in departed.items()},
+        lock=False,
+    )
+    granted: dict[str, int] = {}
+    for limit in sorted(set(limits.values())):
+        granted.update(
+            _admit(cursor, {u: n for u, n in wanted.items() if limits[u] == limit}, limit)
+        )
+    admitted = []
+    for write in opens:
+        left = granted.get(write.user_id, 0)
+        admitted.append(left > 0)
+        granted[write.user_id] = left - 1
+    return admitted
+
+
+def _count_departures(
+    departures: Iterable[Departure],
+    members: defaultdict[tuple[str, str], int],
+    users: defaultdict[str, int],
+) -> None:
+    for departure in departures:
+        if departure.group_name is not None:
+            members[(departure.group_name, departure.user_id)] -= 1
+        users[departure.user_id] += 1
 
 
 # Server processes.
@@ -187,7 +322,11 @@ def reap_server(server_id: str, dead_before: datetime | None) -> list[Departure]
             [server_id],
         )
         departures = [Departure(*row) for row in cursor.fetchall()]
-        _forget(cursor, departures)
+        members: defaultdict[tuple[str, str], int] = defaultdict(int)
+        departed: defaultdict[str, int] = defaultdict(int)
+        _count_departures(departures, members, departed)
+        _count_members(cursor, members, timezone.now())
+        _count_users(cursor, departed, [])
     return departures
 
 
@@ -207,91 +346,210 @@ def reap_dead_servers(dead_after: float) -> list[Departure]:
     return departures
 
 
-# Connections.
+# Connections: the writes of the consumers, applied alone or many in one transaction.
+
+
+@dataclass(frozen=True, slots=True)
+class OpenConnection:
+    """Add a connection, unless its user already has ``limit`` open; answers a bool."""
+
+    cid: str
+    channel_name: str
+    user_id: str
+    server_id: str
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class MoveConnection:
+    """Move a connection from group ``old`` to ``new`` (None: no group); answers
+    ``CREATED`` when that created group ``new``, ``MOVED`` otherwise, ``GONE`` when
+    the row is not as expected (it was reaped), and None when it would create a group
+    and ``may_create`` is false. In the last two cases nothing changes."""
+
+    cid: str
+    user_id: str
+    old: str | None
+    new: str | None
+    may_create: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class CloseConnection:
+    """Remove a connection; answers its ``Departure``, None when it was already gone."""
+
+    cid: str
+
+
+Write = OpenConnection | MoveConnection | CloseConnection
+
+MOVED, GONE, CREATED = "moved", "gone", "created"
+
+
+def apply_writes(writes: Sequence[Write]) -> list[Any]:
+    """Apply ``writes`` in one transaction; answers each one's result, or the
+    exception that failed it.
+
+    The writes (at most one per connection) take effect as if applied one after
+    another: the closes, then the moves, then the opens, each in the given order.
+    When the transaction fails as a whole, each write is applied again alone, so
+    that a bad one fails alone.
+    """
+    writes = list(writes)
+    if len({write.cid for write in writes}) == len(writes):
+        try:
+            return _apply_writes(writes)
+        except Exception as error:
+            if len(writes) == 1:
+                return [error]
+    results: list[Any] = []
+    for write in writes:
+        try:
+            results.extend(_apply_writes([write]))
+        except Exception as error:
+            results.append(error)
+    return results
 
 
 @atomic_with_retry
+def _apply_writes(writes: Sequence[Write]) -> list[Any]:
+    results: list[Any] = [None] * len(writes)
+    now = timezone.now()
+    closes: list[tuple[int, CloseConnection]] = []
+    moves: list[tuple[int, MoveConnection]] = []
+    opens: list[tuple[int, OpenConnection]] = []
+    for index, write in enumerate(writes):
+        if isinstance(write, CloseConnection):
+            closes.append((index, write))
+        elif isinstance(write, OpenConnection):
+            opens.append((index, write))
+        elif write.old == write.new:
+            results[index] = MOVED
+        elif not write.may_create and write.new is not None:
+            results[index] = _move_unless_creating(write)
+        else:
+            moves.append((index, write))
+    members: defaultdict[tuple[str, str], int] = defaultdict(int)
+    departed: defaultdict[str, int] = defaultdict(int)
+    entering: list[tuple[int, str]] = []
+    with connection.cursor() as cursor:
+        if closes:
+            gone = _delete_connections(cursor, [write.cid for _, write in closes])
+            for index, write in closes:
+                results[index] = gone.get(write.cid)
+            _count_departures(gone.values(), members, departed)
+        if moves:
+            moved = _regroup_connections(cursor, [write for _, write in moves])
+            for index, write in moves:
+                user_id = moved.get(write.cid)
+                if user_id is None:
+                    results[index] = GONE
+                    continue
+                results[index] = MOVED
+                if write.old is not None:
+                    members[(write.old, user_id)] -= 1
+                if write.new is not None:
+                    members[(write.new, user_id)] += 1
+                    entering.append((index, write.new))
+        created = _count_members(cursor, members, now)
+        for index, group in entering:  # the first to enter a new group created it
+            if group in created:
+                results[index] = CREATED
+                created.discard(group)
+        admitted = _count_users(cursor, departed, [write for _, write in opens])
+    rows = []
+    for (index, write), admit in zip(opens, admitted, strict=True):
+        results[index] = admit
+        if admit:
+            rows.append(
+                Connection(
+                    cid=write.cid,
+                    channel_name=write.channel_name,
+                    user_id=write.user_id,
+                    group_name=None,
+                    server_id=write.server_id,
+                    connected_at=now,
+                )
+            )
+    if rows:
+        Connection.objects.bulk_create(rows)
+    return results
+
+
+def _move_unless_creating(write: MoveConnection) -> str | None:
+    """A move that may not create its group, in a savepoint of its own."""
+    try:
+        with transaction.atomic():
+            result = _apply_writes([replace(write, may_create=True)])[0]
+            if result == CREATED:
+                raise GroupCreationRefused(write.new)
+    except GroupCreationRefused:
+        return None
+    return str(result)
+
+
+def _delete_connections(cursor: Any, cids: Sequence[str]) -> dict[str, Departure]:
+    gone: dict[str, Departure] = {}
+    for part in _chunks(sorted(cids)):
+        cursor.execute(
+            f"DELETE FROM {_table(Connection)} WHERE cid IN ({', '.join(['%s'] * len(part))}) "
+            f"RETURNING cid, user_id, group_name",
+            list(part),
+        )
+        gone.update((row[0], Departure(*row)) for row in cursor.fetchall())
+    return gone
+
+
+def _regroup_connections(cursor: Any, moves: Sequence[MoveConnection]) -> dict[str, str]:
+    """Set each connection's group where it still is in the old one; answers the
+    user_id of each connection moved."""
+    moved: dict[str, str] = {}
+    for part in _chunks(sorted(moves, key=lambda write: write.cid)):
+        cases = " ".join(["WHEN %s THEN %s"] * len(part))
+        where = " OR ".join(
+            "(cid = %s AND group_name IS NULL)"
+            if write.old is None
+            else "(cid = %s AND group_name = %s)"
+            for write in part
+        )
+        params = [value for write in part for value in (write.cid, write.new)]
+        for write in part:
+            params.extend((write.cid,) if write.old is None else (write.cid, write.old))
+        cursor.execute(
+            f"UPDATE {_table(Connection)} SET group_name = CASE cid {cases} END "
+            f"WHERE {where} RETURNING cid, user_id",
+            params,
+        )
+        moved.update(cursor.fetchall())
+    return moved
+
+
 def open_connection(
     cid: str, channel_name: str, user_id: str, server_id: str, limit: int
 ) -> bool:
     """Add a connection; False (and nothing written) when the user has ``limit`` open."""
-    online = _table(OnlineUser)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {online} (user_id, connections) VALUES (%s, 1) "
-            f"ON CONFLICT (user_id) DO UPDATE SET connections = {online}.connections + 1 "
-            f"WHERE {online}.connections < %s RETURNING connections",
-            [user_id, limit],
-        )
-        if cursor.fetchone() is None:
-            return False
-    Connection.objects.create(
-        cid=cid,
-        channel_name=channel_name,
-        user_id=user_id,
-        group_name=None,
-        server_id=server_id,
-        connected_at=timezone.now(),
-    )
-    return True
-
-
-MOVED, GONE, CREATED = "moved", "gone", "created"
+    return bool(_apply_one(OpenConnection(cid, channel_name, user_id, server_id, limit)))
 
 
 def move_connection(
     cid: str, user_id: str, old: str | None, new: str | None, may_create: bool = True
 ) -> str | None:
-    """Move a connection from group ``old`` to ``new`` (None: no group).
-
-    Answers ``CREATED`` when the move created group ``new``, ``MOVED`` otherwise,
-    ``GONE`` when the row is not as expected (it was reaped), and None when it
-    would create a group and ``may_create`` is false; in the last two cases
-    nothing changed.
-    """
-    try:
-        return _move_connection(cid, user_id, old, new, may_create)
-    except GroupCreationRefused:
-        return None
+    """Move a connection (see ``MoveConnection`` for the answers)."""
+    result = _apply_one(MoveConnection(cid, user_id, old, new, may_create))
+    return None if result is None else str(result)
 
 
-@atomic_with_retry
-def _move_connection(
-    cid: str, user_id: str, old: str | None, new: str | None, may_create: bool
-) -> str:
-    if old == new:
-        return MOVED
-    updated = Connection.objects.filter(cid=cid, group_name=old).update(group_name=new)
-    if updated != 1:
-        return GONE
-    now = timezone.now()
-    created = False
-    with connection.cursor() as cursor:
-        # Both group rows in name order, so concurrent moves cannot deadlock.
-        for group in sorted(name for name in (old, new) if name is not None):
-            if group == old:
-                _leave_group(cursor, group, user_id)
-            else:
-                created = _enter_group(cursor, group, user_id, now)
-    if created and not may_create:
-        raise GroupCreationRefused(new)
-    return CREATED if created else MOVED
-
-
-@atomic_with_retry
 def close_connection(cid: str) -> Departure | None:
     """Remove a connection; None when it was already gone (reaped)."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"DELETE FROM {_table(Connection)} WHERE cid = %s RETURNING cid, user_id, group_name",
-            [cid],
-        )
-        row = cursor.fetchone()
-        if row is None:
-            return None
-        departure = Departure(*row)
-        _forget(cursor, [departure])
-    return departure
+    result = _apply_one(CloseConnection(cid))
+    return result if isinstance(result, Departure) else None
+
+
+def _apply_one(write: Write) -> Any:
+    (result,) = apply_writes([write])
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 # Users.
@@ -337,7 +595,37 @@ aregister_server = database_sync_to_async(register_server)
 aheartbeat = database_sync_to_async(heartbeat)
 areap_dead_servers = database_sync_to_async(reap_dead_servers)
 areap_server = database_sync_to_async(reap_server)
-aopen_connection = database_sync_to_async(open_connection)
-amove_connection = database_sync_to_async(move_connection)
-aclose_connection = database_sync_to_async(close_connection)
 auser_exists = database_sync_to_async(user_exists)
+
+
+def _undo(write: Write, result: Any) -> Write | None:
+    """What undoes a write whose caller stopped waiting: a connection opened for a
+    consumer that never learned of it is closed again."""
+    if isinstance(write, OpenConnection) and result is True:
+        return CloseConnection(write.cid)
+    return None
+
+
+# The consumers' writes of each event loop, many to a transaction.
+group_commit: GroupCommit[Write] = GroupCommit(
+    apply_writes, key=lambda write: write.cid, on_abandoned=_undo
+)
+
+
+async def aopen_connection(
+    cid: str, channel_name: str, user_id: str, server_id: str, limit: int
+) -> bool:
+    opened = await group_commit.submit(OpenConnection(cid, channel_name, user_id, server_id, limit))
+    return bool(opened)
+
+
+async def amove_connection(
+    cid: str, user_id: str, old: str | None, new: str | None, may_create: bool = True
+) -> str | None:
+    result = await group_commit.submit(MoveConnection(cid, user_id, old, new, may_create))
+    return None if result is None else str(result)
+
+
+async def aclose_connection(cid: str) -> Departure | None:
+    result = await group_commit.submit(CloseConnection(cid))
+    return result if isinstance(result, Departure) else None

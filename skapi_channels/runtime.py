@@ -169,7 +169,12 @@ class ServerRuntime:
         self._starting = None
 
     def stats(self) -> dict[str, Any]:
-        return {"connections": len(self.connections), **self.counters, "series": list(self.samples)}
+        return {
+            "connections": len(self.connections),
+            **self.counters,
+            **presence.group_commit.stats.published("presence_"),
+            "series": list(self.samples),
+        }
 
     def sample(self) -> None:
         """Add a point to the time series published with the heartbeat."""
