@@ -45,11 +45,16 @@ from skapi_channels.protocol import (
     id_of_unparsed,
     message_frame,
     not_joined_sentence,
+    not_open_sentence,
     notice_frame,
     parse_frame,
     private_frame,
+    rtc_event,
+    rtc_frame,
+    rtc_gone_event,
     utf8_length_over,
 )
+from skapi_channels.rtc import Routes
 from skapi_channels.runtime import announce_departure, runtime
 from skapi_channels.send_buffer import ACCEPT_MARK
 
@@ -70,6 +75,7 @@ class RealtimeConsumer(AsyncConsumer):
         # Groups left whose events may still wait in this channel's queue, with the
         # number of drain markers on their way (see ``leave_layer_group``).
         self.draining: dict[str, int] = {}
+        self.rtc_peers = Routes()  # connections this one exchanges call signalling with
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
@@ -156,6 +162,11 @@ class RealtimeConsumer(AsyncConsumer):
             if departure.group_name is not None:
                 await self.notify(USER_DISCONNECTED, departure.group_name, cid=cid)
             await announce_departure(RealtimeConsumer, departure)
+        for channel in self.rtc_peers.channels():
+            try:
+                await self.channel_layer.send(channel, rtc_gone_event(cid))
+            except Exception:  # the peer learns it from the table when its route expires
+                logger.debug("Could not tell %s that connection %s closed", channel, cid)
 
     async def close_from_server(self, code: int) -> None:
         self.closing = True  # frames still arriving are not answered
@@ -278,11 +289,40 @@ class RealtimeConsumer(AsyncConsumer):
     async def keep_alive(self, frame: Frame) -> None:
         await self.ack(frame)
 
+    async def rtc(self, frame: Frame) -> None:
+        """Relay call signalling to one connection, wherever it is (PROTOCOL 12)."""
+        cid = frame.target or ""
+        route = self.rtc_peers.get(cid)
+        if route is None:
+            found = await presence.aconnection_route(cid)
+            if found is None:
+                raise FrameError(INVALID_REQUEST, not_open_sentence(cid), frame.id)
+            route = self.rtc_peers.learn(cid, *found)
+        refusal = await ask(conf.AUTHORIZE_MESSAGE, self.user_id, route.user_id)
+        if refusal is not None:
+            raise FrameError(
+                INVALID_REQUEST,
+                refusal or f"You may not send messages to user '{route.user_id}'.",
+                frame.id,
+            )
+        text = self.encode(rtc_frame, frame, self.user_id, self.cid)
+        event = rtc_event(text, cid, self.cid or "", self.channel_name, self.user_id)
+        try:
+            await self.channel_layer.send(route.channel, event)
+        except ChannelFull:
+            raise FrameError(
+                INVALID_REQUEST,
+                f"Connection 'cid:{cid}' is not reading; the frame was not delivered.",
+                frame.id,
+            ) from None
+        await self.ack(frame)
+
     ACTIONS = {
         "sendMessage": send_message,
         "broadcast": broadcast,
         "joinRoom": join_room,
         "keepAlive": keep_alive,
+        "rtc": rtc,
     }
 
     # Channel-layer events.
@@ -297,6 +337,15 @@ class RealtimeConsumer(AsyncConsumer):
         if event.get("skip") == self.channel_name:
             return
         await self.send_text(event["text"])
+
+    async def skapi_rtc(self, event: dict[str, Any]) -> None:
+        if self.cid is None or event["cid"] != self.cid:
+            return  # meant for a connection that has closed
+        self.rtc_peers.learn(event["from"], event["reply_to"], event["user_id"])
+        await self.send_text(event["text"])
+
+    async def skapi_rtc_gone(self, event: dict[str, Any]) -> None:
+        self.rtc_peers.forget(event["cid"])
 
     async def skapi_drained(self, event: dict[str, Any]) -> None:
         group = event["rid"]

@@ -531,6 +531,12 @@ def open_connection(
     return bool(_apply_one(OpenConnection(cid, channel_name, user_id, server_id, limit)))
 
 
+def connection_route(cid: str) -> tuple[str, str] | None:
+    """The layer channel and user_id of open connection ``cid``, or None."""
+    row = Connection.objects.filter(cid=cid).values_list("channel_name", "user_id").first()
+    return None if row is None else (row[0], row[1])
+
+
 def move_connection(
     cid: str, user_id: str, old: str | None, new: str | None, may_create: bool = True
 ) -> str | None:
@@ -595,6 +601,7 @@ aregister_server = database_sync_to_async(register_server)
 aheartbeat = database_sync_to_async(heartbeat)
 areap_dead_servers = database_sync_to_async(reap_dead_servers)
 areap_server = database_sync_to_async(reap_server)
+aconnection_route = database_sync_to_async(connection_route)
 auser_exists = database_sync_to_async(user_exists)
 
 

@@ -33,8 +33,10 @@ EVENT_FRAME = "skapi.frame"  # a server frame, already encoded, to deliver
 EVENT_CLOSE = "skapi.close"  # close the socket with ``code``
 EVENT_DRAINED = "skapi.drained"  # marker: a left group's queued events end here
 EVENT_MISSED = "skapi.missed"  # the layer dropped ``count`` events for this channel
+EVENT_RTC = "skapi.rtc"  # a call-signalling frame for the one connection ``cid``
+EVENT_RTC_GONE = "skapi.rtc_gone"  # connection ``cid``, a signalling peer, has closed
 
-ACTIONS = ("sendMessage", "broadcast", "joinRoom", "keepAlive")
+ACTIONS = ("sendMessage", "broadcast", "joinRoom", "keepAlive", "rtc")
 MAX_ID_LENGTH = 64
 MAX_USER_ID_LENGTH = 150
 
@@ -55,7 +57,8 @@ class FrameError(Exception):
 class Frame:
     action: str
     id: FrameId = None
-    # sendMessage: recipient user_id; broadcast/joinRoom: group name (None leaves).
+    # sendMessage: recipient user_id; broadcast/joinRoom: group name (None leaves);
+    # rtc: the callee's cid, bare.
     target: str | None = None
     content: Any = None
 
@@ -196,11 +199,40 @@ def parse_frame(text: str, max_group_name_length: int) -> Frame:
             raise FrameError(INVALID_PARAMETER, problem, frame_id)
         return Frame(action, frame_id, rid, data["content"])
     if "uid" not in data:
-        raise FrameError(INVALID_PARAMETER, "sendMessage needs a uid field.", frame_id)
+        raise FrameError(INVALID_PARAMETER, f"{action} needs a uid field.", frame_id)
+    if action == "rtc":
+        cid = connection_id(data["uid"])
+        if cid is None:
+            raise FrameError(
+                INVALID_PARAMETER,
+                "rtc needs uid: the callee's connection id, as 'cid:...'.",
+                frame_id,
+            )
+        return Frame(action, frame_id, cid, data["content"])
     problem = user_id_problem(data["uid"])
     if problem:
         raise FrameError(INVALID_PARAMETER, problem, frame_id)
     return Frame(action, frame_id, data["uid"], data["content"])
+
+
+CID_PREFIX = "cid:"
+MAX_CID_LENGTH = 32  # the cids this server makes are 22 characters
+
+
+def connection_id(value: Any) -> str | None:
+    """The bare cid in ``value`` ("cid:<cid>" or bare), or None when it cannot be one."""
+    if not isinstance(value, str):
+        return None
+    cid = value[len(CID_PREFIX) :] if value.startswith(CID_PREFIX) else value
+    if not 1 <= len(cid) <= MAX_CID_LENGTH or not all(
+        char.isascii() and (char.isalnum() or char in "-_") for char in cid
+    ):
+        return None
+    return cid
+
+
+def not_open_sentence(cid: str) -> str:
+    return f"Connection '{CID_PREFIX}{cid}' is not open."
 
 
 def id_of_unparsed(text: str) -> FrameId:
@@ -275,6 +307,23 @@ def frame_event(
     return event
 
 
+def rtc_event(text: str, cid: str, sender_cid: str, reply_to: str, user_id: str) -> dict[str, Any]:
+    """The event relaying the encoded ``#rtc`` frame ``text`` to connection ``cid``;
+    it tells the callee where the caller is (``reply_to``), so answers need no lookup."""
+    return {
+        "type": EVENT_RTC,
+        "text": text,
+        "cid": cid,
+        "from": sender_cid,
+        "reply_to": reply_to,
+        "user_id": user_id,
+    }
+
+
+def rtc_gone_event(cid: str) -> dict[str, Any]:
+    return {"type": EVENT_RTC_GONE, "cid": cid}
+
+
 def close_event(code: int, **extra: Any) -> dict[str, Any]:
     return {"type": EVENT_CLOSE, "code": code, **extra}
 
@@ -298,6 +347,10 @@ def message_frame(content: Any, user_id: str, cid: str, rid: str) -> str:
 
 def private_frame(content: Any, user_id: str, cid: str) -> str:
     return dumps({"#private": content, "#user_id": user_id, "#scid": cid, "#srid": None})
+
+
+def rtc_frame(content: Any, user_id: str, cid: str) -> str:
+    return dumps({"#rtc": content, "#user_id": user_id, "#scid": cid, "#srid": None})
 
 
 NOTICE_SENTENCES = {
