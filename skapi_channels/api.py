@@ -23,10 +23,15 @@ connection behind them:
     api.send_notice("lobby", "The room closes in 5 minutes.")
     page = api.list_groups(search_for="number_of_users", condition=">=", value=2)
     api.disconnect_user("7")
+    recent = api.history("lobby", last=20)  # the messages the group's stream keeps
+
+Messages (not notices) go into the history of their stream, as the ones clients
+send do (PROTOCOL section 11), and carry its ``#offset``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -36,6 +41,7 @@ from channels.layers import get_channel_layer
 from skapi_channels import metrics, queries
 from skapi_channels.addressing import group_address, user_address
 from skapi_channels.conf import conf
+from skapi_channels.history import enabled
 from skapi_channels.models import Connection
 from skapi_channels.protocol import (
     CLOSE_BY_SERVER,
@@ -43,6 +49,7 @@ from skapi_channels.protocol import (
     close_event,
     frame_event,
     group_name_problem,
+    loads,
     server_message_frame,
     server_notice_frame,
     server_private_frame,
@@ -52,6 +59,7 @@ from skapi_channels.queries import Page
 
 __all__ = [
     "SERVER_NOTICE",
+    "History",
     "Page",
     "abroadcast",
     "adisconnect_connection",
@@ -60,11 +68,15 @@ __all__ = [
     "alist_users",
     "asend_notice",
     "asend_to_user",
+    "ahistory",
+    "aprivate_history",
     "broadcast",
     "disconnect_connection",
     "disconnect_user",
+    "history",
     "list_groups",
     "list_users",
+    "private_history",
     "send_notice",
     "send_to_user",
 ]
@@ -98,8 +110,9 @@ async def asend_to_user(user_id: str, content: Any, *, sender: str | None = None
     if sender is not None:
         _check_user_id(sender, "sender")
     text = server_private_frame(content, sender)
-    await _layer().group_send(
-        user_address(user_id), frame_event(text, uid=user_id)
+    layer = _layer()
+    await layer.group_send(
+        user_address(user_id), frame_event(text, uid=user_id, keep=enabled(layer))
     )
     metrics.count("server_messages")
 
@@ -110,9 +123,8 @@ async def abroadcast(group: str, content: Any, *, sender: str | None = None) -> 
     if sender is not None:
         _check_user_id(sender, "sender")
     text = server_message_frame(content, group, sender)
-    await _layer().group_send(
-        group_address(group), frame_event(text, rid=group)
-    )
+    layer = _layer()
+    await layer.group_send(group_address(group), frame_event(text, rid=group, keep=enabled(layer)))
     metrics.count("server_messages")
 
 
@@ -126,6 +138,62 @@ async def asend_notice(group: str, sentence: str, *, code: str = SERVER_NOTICE) 
         group_address(group), frame_event(text, rid=group)
     )
     metrics.count("server_messages")
+
+
+# History (PROTOCOL section 11).
+
+
+@dataclass(frozen=True)
+class History:
+    """What a stream keeps: its ``epoch``, the ``offset`` of its latest message (0
+    when none), and the kept ``messages`` asked for, oldest first, as clients get
+    them (``#message`` or ``#private`` frames with their ``#offset``). With
+    ``since``, ``recovered`` tells whether every message after it is there (when
+    not, ``messages`` is empty). While history is off, ``epoch`` is "" and nothing
+    is kept."""
+
+    epoch: str
+    offset: int
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    recovered: bool | None = None
+
+
+async def ahistory(
+    group: str, *, since: int | None = None, last: int | None = None, epoch: str | None = None
+) -> History:
+    """The kept messages of ``group``: those after offset ``since`` (of ``epoch``,
+    when given), or the ``last`` most recent, or (neither) just where it stands."""
+    _check_group(group)
+    return await _read(group_address(group), since, last, epoch)
+
+
+async def aprivate_history(
+    user_id: str, *, since: int | None = None, last: int | None = None, epoch: str | None = None
+) -> History:
+    """The kept private messages of ``user_id``, as ``ahistory`` reads a group's."""
+    _check_user_id(user_id)
+    return await _read(user_address(user_id), since, last, epoch)
+
+
+async def _read(address: str, since: int | None, last: int | None, epoch: str | None) -> History:
+    if since is not None and last is not None:
+        raise ValueError("Give since or last, not both.")
+    if since is not None and (isinstance(since, bool) or not isinstance(since, int) or since < 0):
+        raise ValueError(f"since must be an integer of 0 or more, not {since!r}.")
+    if last is not None and (isinstance(last, bool) or not isinstance(last, int) or last < 1):
+        raise ValueError(f"last must be a positive integer, not {last!r}.")
+    layer = _layer()
+    if not enabled(layer):
+        return History("", 0, [], False if since is not None else None)
+    if since is None and last is None:
+        last = 0  # where the stream stands, nothing replayed
+    kept = await layer.history_read(address, since=since, last=last)
+    recovered = None
+    if since is not None:
+        recovered = kept.complete and (epoch is None or epoch == kept.epoch)
+    frames = [] if recovered is False else kept.frames
+    messages = [{**loads(text), "#offset": offset} for offset, text in frames]
+    return History(kept.epoch, kept.latest, messages, recovered)
 
 
 # Disconnecting.
@@ -207,6 +275,20 @@ def list_users(
 alist_groups = database_sync_to_async(list_groups)
 alist_users = database_sync_to_async(list_users)
 # Sync twins, for views, tasks and shells.
+
+
+def history(
+    group: str, *, since: int | None = None, last: int | None = None, epoch: str | None = None
+) -> History:
+    """Sync form of ``ahistory``."""
+    return async_to_sync(ahistory)(group, since=since, last=last, epoch=epoch)
+
+
+def private_history(
+    user_id: str, *, since: int | None = None, last: int | None = None, epoch: str | None = None
+) -> History:
+    """Sync form of ``aprivate_history``."""
+    return async_to_sync(aprivate_history)(user_id, since=since, last=last, epoch=epoch)
 
 
 def send_to_user(user_id: str, content: Any, *, sender: str | None = None) -> None:

@@ -159,6 +159,20 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:  # noqa: C901
                 id="skapi_channels.E009",
             )
         )
+    for name in ("HISTORY_SIZE", "HISTORY_TTL"):
+        value = user.get(name, DEFAULTS[name])
+        whole = name == "HISTORY_SIZE"
+        kinds = (int,) if whole else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds) or value < 0:
+            errors.append(
+                Error(
+                    f"SKAPI_CHANNELS[{name!r}] must be a "
+                    f"{'whole number' if whole else 'number'} of "
+                    f"{'messages' if whole else 'seconds'} (0 or more), not {value!r}.",
+                    hint=f"0 turns history off; the default is {DEFAULTS[name]!r}.",
+                    id="skapi_channels.E011",
+                )
+            )
     return errors
 
 

@@ -55,6 +55,10 @@ DEFAULTS: dict[str, Any] = {
     "WEBSOCKET_PATH": "ws/realtime/",
     # Refuse handshakes whose Origin is not in ALLOWED_HOSTS.
     "CHECK_ORIGIN": True,
+    # History of each stream (PROTOCOL section 11): the last HISTORY_SIZE messages,
+    # each kept HISTORY_TTL seconds. Either 0 turns history off.
+    "HISTORY_SIZE": 100,
+    "HISTORY_TTL": 300.0,
     # Liveness of server processes (seconds). A process whose heartbeat is older
     # than DEAD_AFTER is reaped by the next reaper run of any live process, so a
     # death is cleaned up within DEAD_AFTER + REAP_INTERVAL.
@@ -115,6 +119,8 @@ class Settings:
     TOKEN_MAX_AGE: int
     WEBSOCKET_PATH: str
     CHECK_ORIGIN: bool
+    HISTORY_SIZE: int
+    HISTORY_TTL: float
     HEARTBEAT_INTERVAL: float
     DEAD_AFTER: float
     REAP_INTERVAL: float

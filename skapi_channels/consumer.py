@@ -20,6 +20,16 @@ from skapi_channels import metrics, presence, signals
 from skapi_channels.addressing import group_address, user_address
 from skapi_channels.conf import conf
 from skapi_channels.handshake import authenticate, origin_allowed
+from skapi_channels.history import (
+    EPOCH,
+    OFFSET,
+    Cursor,
+    Slice,
+    enabled,
+    replayed,
+    retention,
+    with_offset,
+)
 from skapi_channels.hooks import ask
 from skapi_channels.layer_abilities import ReportsMissed
 from skapi_channels.limits import FloodMeter, TokenBucket, limiter
@@ -69,6 +79,11 @@ class RealtimeConsumer(AsyncConsumer):
     user_id: str = ""
     group: str | None = None
     closing = False
+    # Where this connection stands in its group's stream and in its user's private
+    # stream (None while history is off or the group unknown).
+    stream: Cursor | None = None
+    private: Cursor | None = None
+    keeping = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -128,6 +143,11 @@ class RealtimeConsumer(AsyncConsumer):
         if isinstance(self.channel_layer, ReportsMissed):
             self.channel_layer.report_missed_to(self.channel_name)
         await self.channel_layer.group_add(user_address(user_id), self.channel_name)
+        self.keeping = enabled(self.channel_layer)
+        if self.keeping:
+            # Subscribed first: every private frame after this point arrives live.
+            kept = await self.channel_layer.history_read(user_address(user_id), last=0)
+            self.private = Cursor(kept.epoch, kept.latest)
         runtime.connections.add(self)
         metrics.count("connections_opened")
         await self.base_send({"type": "websocket.accept", ACCEPT_MARK: True})
@@ -200,7 +220,7 @@ class RealtimeConsumer(AsyncConsumer):
                 TOO_LARGE, f"Frame is larger than {conf.MAX_FRAME_BYTES} bytes.", frame_id
             )
         try:
-            frame = parse_frame(text, conf.MAX_GROUP_NAME_LENGTH)
+            frame = parse_frame(text, conf.MAX_GROUP_NAME_LENGTH, retention()[0])
             await self.ACTIONS[frame.action](self, frame)
         except FrameError as error:
             await self.send_error(error.code, error.message, error.frame_id)
@@ -218,7 +238,7 @@ class RealtimeConsumer(AsyncConsumer):
             )
         text = self.encode(private_frame, frame, self.user_id, self.cid)
         await self.channel_layer.group_send(
-            user_address(uid), frame_event(text, uid=uid)
+            user_address(uid), frame_event(text, uid=uid, keep=self.keeping)
         )
         metrics.count("private_messages")
         if signals.message_sent.receivers:
@@ -231,7 +251,7 @@ class RealtimeConsumer(AsyncConsumer):
             raise FrameError(INVALID_REQUEST, not_joined_sentence(rid), frame.id)
         text = self.encode(message_frame, frame, self.user_id, self.cid, rid)
         await self.channel_layer.group_send(
-            group_address(rid), frame_event(text, rid=rid)
+            group_address(rid), frame_event(text, rid=rid, keep=self.keeping)
         )
         metrics.count("group_messages")
         if signals.message_sent.receivers:
@@ -264,6 +284,7 @@ class RealtimeConsumer(AsyncConsumer):
             if moved == presence.CREATED:
                 creations.take(self.user_id)
             self.group = new
+            self.stream = None
             if old is not None:
                 await self.leave_layer_group(old)
                 await self.notify(USER_LEFT, old)
@@ -271,7 +292,55 @@ class RealtimeConsumer(AsyncConsumer):
                 await self.channel_layer.group_add(group_address(new), self.channel_name)
                 await self.notify(USER_JOINED, new, skip=self.channel_name)
             await self.announce_move(old, new)
-        await self.ack(frame)
+        if new is None:
+            return await self.ack(frame)
+        if not self.keeping:
+            return await self.ack(frame, **self.not_recovered(frame))
+        self.stream, fields = await self.catch_up(group_address(new), self.stream, frame)
+        await self.ack(frame, **fields)
+
+    async def resume(self, frame: Frame) -> None:
+        """Replay the private stream after ``since`` (PROTOCOL 11)."""
+        if self.private is None:
+            return await self.ack(frame, **self.not_recovered(frame))
+        self.private, fields = await self.catch_up(user_address(self.user_id), self.private, frame)
+        await self.ack(frame, **fields)
+
+    async def catch_up(
+        self, address: str, cursor: Cursor | None, frame: Frame
+    ) -> tuple[Cursor, dict[str, Any]]:
+        """Replay what ``frame`` asks of the stream at ``address`` (subscribed to
+        already: live frames wait in the queue meanwhile, and those the replay
+        covered are dropped when they come, by the cursor). Answers the cursor and
+        the fields of the ack."""
+        layer = self.channel_layer
+        fields: dict[str, Any] = {}
+        kept: Slice | None = None
+        if frame.since is not None:
+            offset, epoch = frame.since
+            kept = await layer.history_read(address, since=offset)
+            fields["#recovered"] = kept.epoch == epoch and kept.complete
+            if not fields["#recovered"]:
+                # Nothing is sent; the client starts again from where the ack says.
+                kept = Slice(kept.epoch, kept.latest) if cursor is None else None
+        elif frame.last is not None:
+            kept = await layer.history_read(address, last=frame.last)
+        elif cursor is None:
+            kept = await layer.history_read(address, last=0)
+        if kept is not None:
+            if cursor is None:
+                cursor, frames = Cursor(kept.epoch, kept.latest), kept.frames
+            else:
+                frames = cursor.replay(kept)
+            for offset, text in frames:
+                await self.send_text(replayed(text, offset))
+        assert cursor is not None
+        fields["#epoch"], fields["#offset"] = cursor.epoch, cursor.boundary
+        return cursor, fields
+
+    @staticmethod
+    def not_recovered(frame: Frame) -> dict[str, Any]:
+        return {"#recovered": False} if frame.since is not None else {}
 
     async def leave_layer_group(self, group: str) -> None:
         """Stop receiving ``group``, but still deliver what it sent while this
@@ -323,6 +392,7 @@ class RealtimeConsumer(AsyncConsumer):
         "joinRoom": join_room,
         "keepAlive": keep_alive,
         "rtc": rtc,
+        "resume": resume,
     }
 
     # Channel-layer events.
@@ -336,7 +406,18 @@ class RealtimeConsumer(AsyncConsumer):
             return
         if event.get("skip") == self.channel_name:
             return
-        await self.send_text(event["text"])
+        text = event["text"]
+        offset = event.get(OFFSET)
+        if offset is not None:
+            # A kept message: new to this connection only past its cursor.
+            if "uid" in event:
+                cursor = self.private
+            else:
+                cursor = self.stream if event.get("rid") == self.group else None
+            if cursor is not None and not cursor.admit(offset, event.get(EPOCH)):
+                return
+            text = with_offset(text, offset)
+        await self.send_text(text)
 
     async def skapi_rtc(self, event: dict[str, Any]) -> None:
         if self.cid is None or event["cid"] != self.cid:
@@ -415,9 +496,9 @@ class RealtimeConsumer(AsyncConsumer):
         except RecursionError:
             raise FrameError(INVALID_PARAMETER, "content is nested too deeply.", frame.id) from None
 
-    async def ack(self, frame: Frame) -> None:
+    async def ack(self, frame: Frame, **fields: Any) -> None:
         if frame.id is not None:
-            await self.send_text(ack_frame(frame.id))
+            await self.send_text(ack_frame(frame.id, **fields))
 
     async def send_error(self, code: str, sentence: str, frame_id: Any = None) -> None:
         await self.send_text(error_frame(code, sentence, frame_id))

@@ -13,6 +13,14 @@ logged, and a channel registered with ``report_missed_to`` receives a
 
 A channel that has not read for ``expiry`` seconds when its queue overflows is taken
 for abandoned (its consumer died without leaving its groups) and removed.
+
+It keeps the history of the streams (``history.py``): a ``group_send`` marked
+``KEEP`` gets the stream's next offset and is kept, at most ``HISTORY_SIZE``
+messages per stream for ``HISTORY_TTL`` seconds. A stream with nothing kept, no
+member and no use for ``HISTORY_TTL`` is forgotten, so memory stays bounded by the
+streams in use; ``history_stats()`` counts what is kept. Every stream gets a fresh
+random epoch when it is created, so a restarted process never passes off its
+offsets as the old ones.
 """
 
 from __future__ import annotations
@@ -27,8 +35,9 @@ from typing import Any
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
 
+from skapi_channels.history import Slice, retention
 from skapi_channels.metrics import drops
-from skapi_channels.protocol import EVENT_MISSED
+from skapi_channels.protocol import EPOCH, EVENT_MISSED, KEEP, OFFSET
 
 logger = logging.getLogger("skapi_channels")
 
@@ -46,8 +55,20 @@ class _Channel:
         self.groups: set[str] = set()
 
 
+class _Stream:
+    __slots__ = ("epoch", "latest", "kept", "used_at")
+
+    def __init__(self, now: float) -> None:
+        self.epoch = secrets.token_urlsafe(9)
+        self.latest = 0
+        # (offset, monotonic time kept, frame text), oldest first.
+        self.kept: deque[tuple[int, float, str]] = deque()
+        self.used_at = now
+
+
 class LocalChannelLayer(BaseChannelLayer):
     extensions = ["groups", "flush"]
+    keeps_history = True
 
     def __init__(
         self,
@@ -64,6 +85,10 @@ class LocalChannelLayer(BaseChannelLayer):
         self.groups: dict[str, dict[str, None]] = {}
         self.dropped = 0
         self._logged_at = 0.0
+        self.streams: dict[str, _Stream] = {}
+        self.kept_messages = 0
+        self.kept_chars = 0
+        self._swept_at = time.monotonic()
 
     def _channel(self, name: str) -> _Channel:
         channel = self.channels.get(name)
@@ -142,6 +167,8 @@ class LocalChannelLayer(BaseChannelLayer):
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         assert isinstance(message, dict), "Message is not a dict"
+        if message.get(KEEP):
+            message = self._keep(group, message)
         self.deliver(group, message)
 
     def deliver(self, group: str, message: dict[str, Any]) -> None:
@@ -195,11 +222,88 @@ class LocalChannelLayer(BaseChannelLayer):
         self.dropped += count
         drops.record(count, reason)
 
+    # History (history.HistoryLayer).
+
+    def _keep(self, group: str, message: dict[str, Any]) -> dict[str, Any]:
+        size, ttl = retention()
+        if not size:
+            return message
+        now = time.monotonic()
+        stream = self._stream(group, now)
+        stream.latest += 1
+        text = message["text"]
+        stream.kept.append((stream.latest, now, text))
+        self.kept_messages += 1
+        self.kept_chars += len(text)
+        while len(stream.kept) > size:
+            self._drop_oldest(stream)
+        self._expire(stream, now - ttl)
+        if now - self._swept_at > min(ttl, 10.0):
+            self._sweep(now, ttl)
+        return {**message, OFFSET: stream.latest, EPOCH: stream.epoch}
+
+    async def history_read(
+        self, group: str, *, since: int | None = None, last: int | None = None
+    ) -> Slice:
+        _, ttl = retention()
+        now = time.monotonic()
+        if now - self._swept_at > min(ttl, 10.0):
+            self._sweep(now, ttl)
+        stream = self._stream(group, now)
+        self._expire(stream, now - ttl)
+        kept = stream.kept
+        if last is not None:
+            start = max(len(kept) - last, 0)
+            frames = [(offset, text) for offset, _, text in list(kept)[start:]] if last > 0 else []
+            return Slice(stream.epoch, stream.latest, frames)
+        if since is None or since == stream.latest:
+            return Slice(stream.epoch, stream.latest)
+        oldest = kept[0][0] if kept else stream.latest + 1
+        if since > stream.latest or since + 1 < oldest:
+            return Slice(stream.epoch, stream.latest, [], complete=False)
+        frames = [(offset, text) for offset, _, text in kept if offset > since]
+        return Slice(stream.epoch, stream.latest, frames)
+
+    def history_stats(self) -> dict[str, int]:
+        """Streams known, messages kept and the characters of their frames."""
+        return {
+            "streams": len(self.streams),
+            "messages": self.kept_messages,
+            "chars": self.kept_chars,
+        }
+
+    def _stream(self, group: str, now: float) -> _Stream:
+        stream = self.streams.get(group)
+        if stream is None:
+            stream = self.streams[group] = _Stream(now)
+        stream.used_at = now
+        return stream
+
+    def _drop_oldest(self, stream: _Stream) -> None:
+        _, _, text = stream.kept.popleft()
+        self.kept_messages -= 1
+        self.kept_chars -= len(text)
+
+    def _expire(self, stream: _Stream, before: float) -> None:
+        kept = stream.kept
+        while kept and kept[0][1] < before:
+            self._drop_oldest(stream)
+
+    def _sweep(self, now: float, ttl: float) -> None:
+        """Expire old messages everywhere; forget streams nobody uses."""
+        self._swept_at = now
+        for name, stream in list(self.streams.items()):
+            self._expire(stream, now - ttl)
+            if not stream.kept and name not in self.groups and now - stream.used_at > ttl:
+                del self.streams[name]
+
     # Flush extension.
 
     async def flush(self) -> None:
         self.channels = {}
         self.groups = {}
+        self.streams = {}
+        self.kept_messages = self.kept_chars = 0
 
     async def close(self) -> None:
         pass

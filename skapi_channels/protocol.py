@@ -36,7 +36,7 @@ EVENT_MISSED = "skapi.missed"  # the layer dropped ``count`` events for this cha
 EVENT_RTC = "skapi.rtc"  # a call-signalling frame for the one connection ``cid``
 EVENT_RTC_GONE = "skapi.rtc_gone"  # connection ``cid``, a signalling peer, has closed
 
-ACTIONS = ("sendMessage", "broadcast", "joinRoom", "keepAlive", "rtc")
+ACTIONS = ("sendMessage", "broadcast", "joinRoom", "keepAlive", "rtc", "resume")
 MAX_ID_LENGTH = 64
 MAX_USER_ID_LENGTH = 150
 
@@ -61,6 +61,10 @@ class Frame:
     # rtc: the callee's cid, bare.
     target: str | None = None
     content: Any = None
+    # joinRoom, resume: replay the stream after this (offset, epoch) (section 11).
+    since: tuple[int, str] | None = None
+    # joinRoom: replay at most this many of the group's latest messages.
+    last: int | None = None
 
 
 def _refuse_constant(name: str) -> Any:
@@ -151,7 +155,57 @@ def read_id(data: dict[str, Any]) -> FrameId:
     return frame_id
 
 
-def parse_frame(text: str, max_group_name_length: int) -> Frame:
+def read_since(data: dict[str, Any], frame_id: FrameId) -> tuple[int, str] | None:
+    """The ``since`` position of a joinRoom or resume frame: ``(offset, epoch)``."""
+    if "since" not in data:
+        return None
+    since = data["since"]
+    if not isinstance(since, dict):
+        raise FrameError(
+            INVALID_PARAMETER,
+            f'since must be an object {{"offset": <integer>, "epoch": <string>}}, '
+            f"not {json_type(since)}.",
+            frame_id,
+        )
+    offset, epoch = since.get("offset"), since.get("epoch")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        shown = f" {offset}" if isinstance(offset, int) and not isinstance(offset, bool) else ""
+        raise FrameError(
+            INVALID_PARAMETER,
+            f"since.offset must be an integer of 0 or more, not {json_type(offset)}{shown}.",
+            frame_id,
+        )
+    if not isinstance(epoch, str):
+        raise FrameError(
+            INVALID_PARAMETER, f"since.epoch must be a string, not {json_type(epoch)}.", frame_id
+        )
+    return offset, epoch
+
+
+def read_last(data: dict[str, Any], frame_id: FrameId, history_size: int) -> int | None:
+    """The ``last`` count of a joinRoom frame: 1 to ``history_size`` (any positive
+    integer when history is off: nothing is kept to replay)."""
+    if "last" not in data:
+        return None
+    last = data["last"]
+    top = history_size if history_size > 0 else None
+    if (
+        isinstance(last, bool)
+        or not isinstance(last, int)
+        or last < 1
+        or (top is not None and last > top)
+    ):
+        shown = f" {last}" if isinstance(last, int) and not isinstance(last, bool) else ""
+        raise FrameError(
+            INVALID_PARAMETER,
+            f"last must be an integer from 1 to {top if top is not None else 'any'}, "
+            f"not {json_type(last)}{shown}.",
+            frame_id,
+        )
+    return last
+
+
+def parse_frame(text: str, max_group_name_length: int, history_size: int = 0) -> Frame:
     """Parse and validate one text frame; raises FrameError with what was wrong."""
     try:
         data = loads(text)
@@ -176,14 +230,20 @@ def parse_frame(text: str, max_group_name_length: int) -> Frame:
         )
     if action == "keepAlive":
         return Frame(action, frame_id)
+    if action == "resume":
+        return Frame(action, frame_id, since=read_since(data, frame_id))
     if action == "joinRoom":
+        if "since" in data and "last" in data:
+            raise FrameError(INVALID_PARAMETER, "joinRoom takes since or last, not both.", frame_id)
+        since = read_since(data, frame_id)
+        last = read_last(data, frame_id, history_size)
         rid = data.get("rid")
         if rid is None or rid == "":
             return Frame(action, frame_id, None)
         problem = group_name_problem(rid, max_group_name_length)
         if problem:
             raise FrameError(INVALID_PARAMETER, problem, frame_id)
-        return Frame(action, frame_id, rid)
+        return Frame(action, frame_id, rid, since=since, last=last)
     if "content" not in data:
         raise FrameError(INVALID_PARAMETER, f"{action} needs a content field.", frame_id)
     if action == "broadcast":
@@ -290,13 +350,25 @@ def top_level_id(text: str) -> FrameId:
 # Channel-layer events.
 
 
+# Keys of a frame event for the history of its stream (history.py): set by the
+# sender to have the layer keep it, and by the layer on what receivers get.
+KEEP = "keep"
+OFFSET = "offset"
+EPOCH = "epoch"
+
+
 def frame_event(
-    text: str, *, rid: str | None = None, uid: str | None = None, skip: str | None = None
+    text: str,
+    *,
+    rid: str | None = None,
+    uid: str | None = None,
+    skip: str | None = None,
+    keep: bool = False,
 ) -> dict[str, Any]:
     """The event delivering the encoded server frame ``text`` to the members of
     group ``rid`` or the connections of user ``uid`` (receivers compare the name,
     so a layer-address collision delivers nothing); ``skip`` names a channel that
-    must not get it."""
+    must not get it; ``keep`` asks the layer to keep it in the stream's history."""
     event: dict[str, Any] = {"type": EVENT_FRAME, "text": text}
     if rid is not None:
         event["rid"] = rid
@@ -304,6 +376,8 @@ def frame_event(
         event["uid"] = uid
     if skip is not None:
         event["skip"] = skip
+    if keep:
+        event[KEEP] = True
     return event
 
 
@@ -331,8 +405,8 @@ def close_event(code: int, **extra: Any) -> dict[str, Any]:
 # Server frames.
 
 
-def ack_frame(frame_id: FrameId) -> str:
-    return dumps({"#ack": frame_id})
+def ack_frame(frame_id: FrameId, **extra: Any) -> str:
+    return dumps({"#ack": frame_id, **extra})
 
 
 def error_frame(code: str, message: str, frame_id: FrameId = None, **extra: Any) -> str:

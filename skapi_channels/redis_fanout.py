@@ -311,6 +311,8 @@ class RedisFanoutLayer(LocalChannelLayer):
     """
 
     extensions = ["groups", "flush"]
+    # The in-process history of the embedded layer is not this layer's.
+    keeps_history = False
 
     def __init__(
         self,

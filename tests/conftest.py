@@ -67,9 +67,14 @@ class Client:
         assert answer.get("#ack", answer.get("#id")) == frame.get("id"), answer
         return answer
 
-    async def join(self, group: str | None, frame_id: int = 1) -> None:
-        answer = await self.request({"action": "joinRoom", "rid": group, "id": frame_id})
-        assert answer == {"#ack": frame_id}
+    async def join(self, group: str | None, frame_id: int = 1, **fields: Any) -> dict[str, Any]:
+        """Join (or leave) and return the ack; a join's ack also says where the
+        group's stream stands (``#epoch``, ``#offset``) while history is on."""
+        frame = {"action": "joinRoom", "rid": group, "id": frame_id, **fields}
+        answer = await self.request(frame)
+        assert answer.get("#ack") == frame_id, answer
+        assert set(answer) <= {"#ack", "#epoch", "#offset", "#recovered"}, answer
+        return answer
 
     async def nothing(self, timeout: float = 0.2) -> None:
         assert await self.communicator.receive_nothing(timeout), "unexpected frame"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 
@@ -21,7 +22,7 @@ async def test_send_to_user_reaches_every_connection_of_that_user(users, connect
     alice = await connect(users.alice)
     await api.asend_to_user(uid(users.bob), {"text": "export ready"})
     content = {"text": "export ready"}
-    expected = {"#private": content, "#user_id": None, "#scid": None, "#srid": None}
+    expected = {"#private": content, "#user_id": None, "#scid": None, "#srid": None, "#offset": ANY}
     assert await bob_1.receive() == expected
     assert await bob_2.receive() == expected
     await alice.nothing()
@@ -31,7 +32,8 @@ async def test_send_to_user_on_behalf_of_a_user(users, connect):
     bob = await connect(users.bob)
     await api.asend_to_user(uid(users.bob), "hi", sender=uid(users.alice))
     assert await bob.receive() == {
-        "#private": "hi", "#user_id": uid(users.alice), "#scid": None, "#srid": None
+        "#private": "hi", "#user_id": uid(users.alice), "#scid": None, "#srid": None,
+        "#offset": ANY,
     }  # fmt: skip
 
 
@@ -44,7 +46,9 @@ async def test_broadcast_as_the_server_reaches_the_group_only(users, connect):
     await carol.join("elsewhere")
     messages_before = runtime.counters["server_messages"]
     await api.abroadcast("room", [1, 2, 3])
-    expected = {"#message": [1, 2, 3], "#user_id": None, "#scid": None, "#srid": "room"}
+    expected = {
+        "#message": [1, 2, 3], "#user_id": None, "#scid": None, "#srid": "room", "#offset": ANY
+    }  # fmt: skip
     assert await alice.receive() == expected
     assert await bob.receive() == expected
     await carol.nothing()
@@ -56,7 +60,7 @@ async def test_broadcast_on_behalf_of_a_user(users, connect):
     await alice.join("room")
     await api.abroadcast("room", None, sender="42")
     assert await alice.receive() == {
-        "#message": None, "#user_id": "42", "#scid": None, "#srid": "room"
+        "#message": None, "#user_id": "42", "#scid": None, "#srid": "room", "#offset": ANY
     }  # fmt: skip
 
 

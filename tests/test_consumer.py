@@ -72,6 +72,7 @@ async def test_broadcast_reaches_every_member_including_the_sender(users, connec
         "#user_id": str(users.alice.pk),
         "#scid": alice_cid,
         "#srid": "HelloWorld",
+        "#offset": mock.ANY,
     }
     received = [await a.receive(), await a.receive()]
     assert {"#ack": "m1"} in received

@@ -289,10 +289,14 @@ def assert_from_alice(room: Room, frame: dict[str, Any]) -> None:
         return
     assert frame["#user_id"] == room.user_ids["@alice"], frame
     assert frame["#scid"] == room.alice_cid, frame
+    # Kept messages carry their stream offset (PROTOCOL 11), a positive integer.
+    offset = frame.get("#offset", 1)
+    assert isinstance(offset, int) and not isinstance(offset, bool) and offset >= 1, frame
     if "#private" in frame:
-        assert set(frame) == {"#private", "#user_id", "#scid", "#srid"} and frame["#srid"] is None
+        assert set(frame) - {"#offset"} == {"#private", "#user_id", "#scid", "#srid"}
+        assert frame["#srid"] is None
     elif "#message" in frame:
-        assert set(frame) == {"#message", "#user_id", "#scid", "#srid"}, frame
+        assert set(frame) - {"#offset"} == {"#message", "#user_id", "#scid", "#srid"}, frame
     else:
         assert frame["#code"] in {"USER_JOINED", "USER_LEFT"}, frame
 

@@ -68,6 +68,7 @@ async def test_a_broadcast_cannot_spoof_its_sender(users, connect):
         "#user_id": str(users.alice.pk),
         "#scid": await cid_of(users.alice),
         "#srid": "Room",
+        "#offset": mock.ANY,  # the stream's offset (PROTOCOL 11)
     }
     await b.nothing()
     assert await b.request({"action": "keepAlive", "id": 2}) == {"#ack": 2}  # not closed
@@ -84,6 +85,7 @@ async def test_a_private_message_cannot_spoof_its_sender(users, connect):
         "#user_id": str(users.alice.pk),
         "#scid": await cid_of(users.alice),
         "#srid": None,
+        "#offset": mock.ANY,  # the stream's offset (PROTOCOL 11)
     }
     await b.nothing()
 
@@ -92,7 +94,7 @@ async def test_notices_name_the_connection_that_moved(users, connect):
     a, b = await connect(users.alice), await connect(users.bob)
     await b.join("Room")
     await a.send({"action": "joinRoom", "rid": "Room", "id": 1, **SPOOF})
-    assert await a.receive() == {"#ack": 1}
+    assert (await a.receive())["#ack"] == 1
     notice = await b.receive()
     assert (notice["#user_id"], notice["#scid"]) == (str(users.alice.pk), await cid_of(users.alice))
 

@@ -257,7 +257,7 @@ class Conn:
         answer = await self.request({"action": "joinRoom", "rid": group})
         if answer is None:
             return
-        if answer != {"#ack": answer.get("#ack")}:
+        if "#ack" not in answer:
             self.stats.errors.append(f"{me.key}: join refused {answer}")
             return
         self.group = group
