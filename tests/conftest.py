@@ -14,10 +14,13 @@ from django.contrib.sessions.backends.db import SessionStore
 from django.db import connections
 from django.db.backends import utils as db_utils
 
-from project.asgi import application
 from skapi_channels import presence
 from skapi_channels.limits import _limiters
 from skapi_channels.runtime import runtime
+from tests.asgi import application
+
+# The fixtures the app ships for projects' tests (``realtime``).
+pytest_plugins = ["skapi_channels.pytest_plugin"]
 
 ORIGIN = b"http://localhost"
 

@@ -1,4 +1,4 @@
-"""The consumer end to end: every action, notice and error of PROTOCOL 2-6."""
+"""The consumer end to end: every action, notice and error of docs/protocol.md §2-6."""
 
 from __future__ import annotations
 
@@ -266,7 +266,7 @@ async def test_session_of_a_deactivated_user_is_refused(users, connect):
 async def test_an_unknown_session_key_is_refused(connect):
     from channels.testing import WebsocketCommunicator
 
-    from project.asgi import application
+    from tests.asgi import application
 
     communicator = WebsocketCommunicator(
         application, "/ws/realtime/", headers=[(b"cookie", b"sessionid=no-such-session")]
