@@ -150,7 +150,7 @@ def populate(start: int, stop: int, big: int) -> dict[str, int]:
 
 
 def check() -> dict[str, object]:
-    """Counts against a fresh count of the connection rows (PROTOCOL section 9)."""
+    """Counts against a fresh count of the connection rows (docs/protocol.md section 9)."""
     rows = list(Connection.objects.values_list("user_id", "group_name"))
     per_membership = Counter((g, u) for u, g in rows if g is not None)
     per_group = Counter(g for g, _ in per_membership)

@@ -6,7 +6,7 @@ connections of the calling process). Each function has an async twin with an
 ``a`` prefix; call that one from async code (the sync forms refuse to run in an
 event loop).
 
-Frames from the server look like the frames of PROTOCOL.md section 4, with no
+Frames from the server look like the frames of docs/protocol.md section 4, with no
 connection behind them:
 
 - ``#scid`` is always ``null``: no connection sent the frame;
@@ -224,7 +224,7 @@ async def close_channel(channel_name: str, code: int = CLOSE_BY_SERVER) -> None:
     await _layer().send(channel_name, close_event(code))
 
 
-# Listing: the same query code as the endpoints (PROTOCOL sections 7 and 8).
+# Listing: the same query code as the endpoints (docs/protocol.md sections 7 and 8).
 
 
 def list_groups(

@@ -1,4 +1,4 @@
-"""The realtime WebSocket consumer: PROTOCOL.md sections 2-6 and 10.
+"""The realtime WebSocket consumer: docs/protocol.md sections 2-6 and 10.
 
 Parsing and validation live in ``protocol.py``, database work in ``presence.py``;
 this class keeps the connection's state and dispatches. Channel-layer events are
@@ -137,7 +137,7 @@ class RealtimeConsumer(AsyncConsumer):
             return await self.refuse()
         self.cid, self.user_id = cid, user_id
         self.bucket = TokenBucket(conf.RATE_PER_SECOND, conf.RATE_BURST)
-        # PROTOCOL 6: twice the sustained rate for FLOOD_CLOSE_AFTER seconds closes.
+        # docs/protocol.md §6: twice the sustained rate for FLOOD_CLOSE_AFTER seconds closes.
         self.flood = FloodMeter(2 * conf.RATE_PER_SECOND, conf.FLOOD_CLOSE_AFTER)
         self.missed = 0
         if isinstance(self.channel_layer, ReportsMissed):
@@ -344,7 +344,7 @@ class RealtimeConsumer(AsyncConsumer):
 
     async def leave_layer_group(self, group: str) -> None:
         """Stop receiving ``group``, but still deliver what it sent while this
-        connection was a member (owed, PROTOCOL 10) and waits in the queue: a
+        connection was a member (owed, docs/protocol.md §10) and waits in the queue: a
         marker sent to ourselves after the discard tells where that ends."""
         await self.channel_layer.group_discard(group_address(group), self.channel_name)
         try:

@@ -1,4 +1,4 @@
-"""Who may open a socket: the Origin check and authentication (PROTOCOL section 2)."""
+"""Who may open a socket: the Origin check and authentication (docs/protocol.md section 2)."""
 
 from __future__ import annotations
 

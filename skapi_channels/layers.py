@@ -266,7 +266,7 @@ class RedisChannelLayer(BaseRedisChannelLayer):
                 missed = sum(len(receivers_by_key[channel_keys[int(i) - 1]]) for i in over)
                 drops.record(missed, "channel_full")
 
-    # Telling receivers what they missed (PROTOCOL section 10).
+    # Telling receivers what they missed (docs/protocol.md section 10).
 
     def report_missed_to(self, channel: str) -> None:
         """Give ``channel`` a ``{"type": "skapi.missed", "count": n}`` event, from the

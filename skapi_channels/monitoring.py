@@ -62,7 +62,7 @@ class ProcessReport:
 
     @property
     def dropped(self) -> int:
-        """Messages it could not deliver (PROTOCOL section 10)."""
+        """Messages it could not deliver (docs/protocol.md section 10)."""
         return sum(self.counters.get(name, 0) for name in DROP_COUNTERS)
 
 

@@ -1,4 +1,4 @@
-"""The wire format of PROTOCOL.md: parsing client frames, building server frames.
+"""The wire format of docs/protocol.md: parsing client frames, building server frames.
 
 Pure functions, no I/O: the consumer calls them, and tests call them directly.
 """

@@ -1,4 +1,4 @@
-"""The group and user listings of PROTOCOL sections 7 and 8.
+"""The group and user listings of docs/protocol.md sections 7 and 8.
 
 ``parse_*`` turn a request body into a query or raise ``InvalidParameter`` with a
 sentence; ``list_*`` answer it. Every listing is a range of one index, paged by

@@ -1,4 +1,4 @@
-"""JSON endpoints: group and user listings and handshake tokens (PROTOCOL 2, 7, 8).
+"""JSON endpoints: group and user listings and handshake tokens (docs/protocol.md §2, 7, 8).
 
 Authentication is the session cookie, which must pass Django's CSRF check, or a
 handshake token as ``Authorization: Bearer``, which needs none. Every refusal is

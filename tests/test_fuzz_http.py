@@ -1,4 +1,4 @@
-"""Arbitrary bodies to the listing endpoints (PROTOCOL sections 7 and 8).
+"""Arbitrary bodies to the listing endpoints (docs/protocol.md sections 7 and 8).
 
 Whatever the body and query string, a logged-in request gets 200 with a listing
 or 400 with ``{"code": "INVALID_PARAMETER", "message": ...}``, an anonymous one

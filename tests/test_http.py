@@ -1,4 +1,4 @@
-"""The JSON endpoints: listings (PROTOCOL 7-8), tokens, authentication, CSRF."""
+"""The JSON endpoints: listings (docs/protocol.md §7-8), tokens, authentication, CSRF."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The listings are served by indexes on PostgreSQL (PROTOCOL sections 7 and 8).
+"""The listings are served by indexes on PostgreSQL (docs/protocol.md sections 7 and 8).
 
 With 10,000 groups in the table and statistics gathered (ANALYZE), EXPLAIN of the
 query that ``queries.list_groups`` runs, for every searchFor and condition, first

@@ -139,7 +139,7 @@ async def test_private_messages_reach_their_recipient_only(users, connect):
 
 @pytest.mark.parametrize("variant", ["0{}", " {}", "{} ", "+{}", "{}.0", "\uff10{}"])
 async def test_a_user_id_that_is_not_canonical_names_no_user(users, connect, variant):
-    """ "01" is not the user_id "1": refused as an unknown user (PROTOCOL 3), not acked
+    """ "01" is not the user_id "1": refused as an unknown user (docs/protocol.md §3), not acked
     and delivered to nobody."""
     a, b = await connect(users.alice), await connect(users.bob)
     uid = variant.format(users.bob.pk)

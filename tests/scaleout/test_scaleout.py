@@ -126,7 +126,7 @@ async def test_kill_9_with_default_settings_is_reaped_within_30_s(deployment: De
     elapsed = time.monotonic() - killed_at
     print(f"kill -9 to USER_DISCONNECTED with the default settings: {elapsed:.2f} s")
     # The last heartbeat may come just before the death: stale DEAD_AFTER later,
-    # then the next reaper run (REAP_INTERVAL, +20 % jitter); PROTOCOL 9 says 30 s.
+    # then the next reaper run (REAP_INTERVAL, +20 % jitter); docs/protocol.md §9 says 30 s.
     assert DEFAULTS["DEAD_AFTER"] + 1.2 * DEFAULTS["REAP_INTERVAL"] < 30
     assert elapsed <= 30.0
     deployment.database.assert_counts_true()

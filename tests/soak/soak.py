@@ -10,7 +10,7 @@ disconnect/reconnects. Then it checks:
 
 - every message was delivered at most once to each receiver, and in order per sender;
 - every message owed to a receiver (a member from before it was sent until after it
-  was acked, PROTOCOL section 10) reached it, or the receiver was told it missed
+  was acked, docs/protocol.md section 10) reached it, or the receiver was told it missed
   messages (MISSED_MESSAGES, or a close with 4009);
 - the presence counters equal a fresh count of the rows, the rows equal the
   clients' own view, and no row is left after every client closed;
@@ -450,7 +450,7 @@ def presence_problems(server: Server, clients: list[Conn]) -> list[str]:
 
 
 def verify(stats: Stats) -> dict[str, int]:
-    """Count deliveries against what each receiver was owed (PROTOCOL section 10).
+    """Count deliveries against what each receiver was owed (docs/protocol.md section 10).
 
     A message is owed to a receiver that was a member (of the group, or open for the
     user) from before it was sent until after it was acked. ``lost_by_leavers``

@@ -31,7 +31,7 @@ def test_a_short_soak_loses_nothing() -> None:
 
 
 async def test_a_member_that_leaves_after_the_ack_still_gets_the_message(users, connect):
-    """PROTOCOL 10: a message is owed to the members from before it is sent until
+    """docs/protocol.md §10: a message is owed to the members from before it is sent until
     after it is acked. Bob is a member when Alice's broadcast is acked and leaves
     only afterwards, while his consumer is still busy delivering an earlier message
     (as under load): the owed message must still reach him, or he must be told."""

@@ -5,7 +5,7 @@
  *
  * Load it with {% load skapi_channels %}{% skapi_realtime %}: the script tag's
  * data-* attributes configure the global `skapi`. The wire format is
- * PROTOCOL.md; docs/client.md lists where the behaviour differs from skapi-js.
+ * docs/protocol.md; docs/client.md lists where the behaviour differs from skapi-js.
  */
 (function (global) {
     'use strict';
@@ -194,7 +194,7 @@
         userId: null // this page's user_id, shown as `skapi.user`
     };
 
-    // Close codes after which reconnecting cannot help (PROTOCOL section 13):
+    // Close codes after which reconnecting cannot help (docs/protocol.md section 13):
     // the event the callback gets instead.
     var FINAL_CLOSES = {
         4000: { code: 'CLOSED_BY_SERVER', message: 'Skapi: the server closed the connection.' },
