@@ -12,6 +12,7 @@ from django.utils.module_loading import import_string
 from django.utils.translation import gettext_lazy as _
 
 from skapi_channels.conf import DEFAULTS
+from skapi_channels.layer_abilities import ReportsMissed
 
 # The group_name columns hold this many characters (models.py).
 MAX_STORED_GROUP_NAME = 255
@@ -206,7 +207,7 @@ def check_channel_layer(**kwargs: Any) -> list[CheckMessage]:
                 id="skapi_channels.E021",
             )
         ]
-    if getattr(backend, "report_missed_to", None) is None:
+    if not (isinstance(backend, type) and issubclass(backend, ReportsMissed)):
         return [
             Warning(
                 _(

@@ -359,7 +359,7 @@ class RealtimeConsumer(AsyncConsumer):
         await self.ack(frame)
 
     async def rtc(self, frame: Frame) -> None:
-        """Relay call signalling to one connection, wherever it is (PROTOCOL 12)."""
+        """Relay call signalling to one connection, wherever it is (docs/protocol.md §12)."""
         cid = frame.target or ""
         route = self.rtc_peers.get(cid)
         if route is None:

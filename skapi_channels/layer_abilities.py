@@ -15,7 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 class ReportsMissed(Protocol):
     """Tells a receiver what it lost: after ``report_missed_to(channel)``, a
     ``{"type": "skapi.missed", "count": n}`` event precedes its next message when
-    ``n`` messages for it were dropped (PROTOCOL section 10)."""
+    ``n`` messages for it were dropped (docs/protocol.md section 10)."""
 
     def report_missed_to(self, channel: str) -> None: ...
 

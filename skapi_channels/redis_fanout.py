@@ -9,7 +9,7 @@ channels are in (one subscription per group and process, counted by its local
 members) and hands the message to those channels with the embedded layer's
 machinery (``LocalChannelLayer``: bounded queues, counted drops, ``skapi.missed``).
 
-What PROTOCOL section 10 asks, on this path:
+What docs/protocol.md section 10 asks, on this path:
 
 - per-sender order: a sender awaits each publish; a process reads all its
   subscriptions from one connection, in the order Redis published them;

@@ -1,4 +1,4 @@
-"""Call signalling (PROTOCOL section 12): where to relay ``rtc`` frames.
+"""Call signalling (docs/protocol.md section 12): where to relay ``rtc`` frames.
 
 An ``rtc`` frame goes to one connection, possibly in another server process, so
 the consumer sends it to that connection's layer channel. The channel is looked up

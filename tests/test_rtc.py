@@ -1,4 +1,4 @@
-"""Call signalling (PROTOCOL section 12) through the real consumer: an ``rtc``
+"""Call signalling (docs/protocol.md section 12) through the real consumer: an ``rtc``
 frame reaches exactly the connection it names, in order, with no SQL per relayed
 frame; closed or unknown connections, bad frames and refused senders get errors."""
 

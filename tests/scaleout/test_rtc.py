@@ -1,4 +1,4 @@
-"""Call signalling across two daphne processes on Redis and PostgreSQL (PROTOCOL
+"""Call signalling across two daphne processes on Redis and PostgreSQL (docs/protocol.md
 section 12): relayed to the one connection named, in order, both ways; refused
 once that connection has closed."""
 
