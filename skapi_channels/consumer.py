@@ -13,13 +13,12 @@ import secrets
 from typing import Any
 
 from channels.consumer import AsyncConsumer, get_handler_name
-from channels.db import database_sync_to_async
 from channels.exceptions import ChannelFull, StopConsumer
 
 from skapi_channels import metrics, presence, signals
 from skapi_channels.addressing import group_address, user_address
 from skapi_channels.conf import conf
-from skapi_channels.handshake import authenticate, origin_allowed
+from skapi_channels.handshake import auser_id, authenticate, origin_allowed
 from skapi_channels.history import (
     EPOCH,
     OFFSET,
@@ -122,8 +121,7 @@ class RealtimeConsumer(AsyncConsumer):
         user = await authenticate(self.scope)
         if user is None:
             return await self.refuse()
-        # The project's function may read the database: run it off the event loop.
-        user_id = str(await database_sync_to_async(conf.USER_ID_FUNCTION)(user))
+        user_id = await auser_id(user)
         try:
             await runtime.ensure_started()
         except Exception:

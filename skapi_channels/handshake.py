@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
+from collections.abc import Sequence
 from importlib import import_module
 from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user, get_user_model
 from django.core.exceptions import ValidationError
 from django.http import parse_cookie
 from django.http.request import validate_host
 
+from skapi_channels.conf import conf
+from skapi_channels.presence_batch import GroupCommit, one_by_one
 from skapi_channels.tokens import read_token
 
 
@@ -54,13 +58,34 @@ def query_token(scope: dict[str, Any]) -> str | None:
 
 
 def active_user(user_pk: str) -> Any | None:
-    try:
-        return get_user_model()._default_manager.filter(pk=user_pk, is_active=True).first()
-    except (ValueError, TypeError, ValidationError):
-        return None
+    return active_users([user_pk])[0]
 
 
-aactive_user = database_sync_to_async(active_user)
+def active_users(user_pks: Sequence[str]) -> list[Any | None]:
+    """The active user of each primary key (None where there is none), in one query:
+    a burst of handshakes reads its users together, never from a cache."""
+    model = get_user_model()
+    keys: dict[str, Any] = {}
+    for user_pk in set(user_pks):
+        with contextlib.suppress(ValueError, TypeError, ValidationError):
+            keys[user_pk] = model._meta.pk.to_python(user_pk)
+    found: dict[Any, Any] = {}
+    if keys:
+        found = {
+            user.pk: user
+            for user in model._default_manager.filter(pk__in=set(keys.values()), is_active=True)
+        }
+    # A copy each: the handshakes must not share one mutable instance.
+    return [
+        copy.copy(found[keys[pk]]) if pk in keys and keys[pk] in found else None for pk in user_pks
+    ]
+
+
+_user_lookups: GroupCommit[str] = GroupCommit(active_users)
+
+
+async def aactive_user(user_pk: str) -> Any | None:
+    return await _user_lookups.submit(user_pk)
 
 
 def session_user(cookie_header: str | None) -> Any | None:
@@ -79,7 +104,22 @@ def session_user(cookie_header: str | None) -> Any | None:
     return user if user.is_authenticated and user.is_active else None
 
 
-asession_user = database_sync_to_async(session_user)
+_session_lookups: GroupCommit[str | None] = GroupCommit(one_by_one(session_user))
+
+
+async def asession_user(cookie_header: str | None) -> Any | None:
+    """``session_user`` on the database thread, sharing the hop with the handshakes
+    that arrive together (each still reads its own session now)."""
+    return await _session_lookups.submit(cookie_header)
+
+
+_user_ids: GroupCommit[Any] = GroupCommit(one_by_one(lambda user: str(conf.USER_ID_FUNCTION(user))))
+
+
+async def auser_id(user: Any) -> str:
+    """The user_id of ``user`` by the project's ``USER_ID_FUNCTION``, which may read
+    the database: run on the database thread, one hop for a burst of handshakes."""
+    return str(await _user_ids.submit(user))
 
 
 async def authenticate(scope: dict[str, Any]) -> Any | None:

@@ -457,23 +457,35 @@ def _apply_writes(writes: Sequence[Write]) -> list[Any]:
                 results[index] = CREATED
                 created.discard(group)
         admitted = _count_users(cursor, departed, [write for _, write in opens])
-    rows = []
+    joining = []
     for (index, write), admit in zip(opens, admitted, strict=True):
         results[index] = admit
         if admit:
-            rows.append(
-                Connection(
-                    cid=write.cid,
-                    channel_name=write.channel_name,
-                    user_id=write.user_id,
-                    group_name=None,
-                    server_id=write.server_id,
-                    connected_at=now,
-                )
-            )
-    if rows:
-        Connection.objects.bulk_create(rows)
+            joining.append(write)
+    _insert_connections(joining, now)
     return results
+
+
+def _insert_connections(opens: Sequence[OpenConnection], now: datetime) -> None:
+    table, connected_at = _table(Connection), _db_time(now)
+    with connection.cursor() as cursor:
+        for part in _chunks(opens):
+            cursor.execute(
+                f"INSERT INTO {table} "
+                f"(cid, channel_name, user_id, group_name, server_id, connected_at) VALUES "
+                f"{', '.join(['(%s, %s, %s, NULL, %s, %s)'] * len(part))}",
+                [
+                    value
+                    for write in part
+                    for value in (
+                        write.cid,
+                        write.channel_name,
+                        write.user_id,
+                        write.server_id,
+                        connected_at,
+                    )
+                ],
+            )
 
 
 def _move_unless_creating(write: MoveConnection) -> str | None:

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
+from django.contrib.sessions.backends.db import SessionStore
 from django.db import IntegrityError, connections
 from django.utils import timezone
 
-from skapi_channels import presence
+from skapi_channels import handshake, presence
 from skapi_channels.models import Connection, GroupMembership, OnlineUser, RealtimeGroup
 from skapi_channels.presence import (
     CREATED,
@@ -28,7 +29,8 @@ from skapi_channels.presence import (
     apply_writes,
 )
 from skapi_channels.presence_batch import GroupCommit
-from tests.conftest import in_db
+from skapi_channels.tokens import issue_token
+from tests.conftest import in_db, session_key_for
 
 
 def opened(cid: str, user: str, limit: int = 100, server: str = "server") -> OpenConnection:
@@ -345,3 +347,64 @@ async def test_an_open_whose_caller_gave_up_is_closed_again(presence_is_true):
     assert await in_db(Connection.objects.count) == 0
     await in_db(presence_is_true)
     await database_sync_to_async(connections.close_all)()
+
+
+# Handshakes: the user lookups of a burst share a query, never a cache.
+
+
+def test_active_users_answers_each_key_in_one_query(users, db_queries):
+    users.carol.is_active = False
+    users.carol.save()
+    alice, bob, carol = (str(user.pk) for user in (users.alice, users.bob, users.carol))
+    db_queries.clear()
+    found = handshake.active_users([alice, bob, "nope", alice, carol, "999999"])
+    assert len(db_queries) == 1
+    assert [user and user.username for user in found] == [
+        "alice",
+        "bob",
+        None,
+        "alice",
+        None,
+        None,
+    ]
+    assert found[0] is not found[3]  # each handshake gets its own instance
+
+
+async def test_a_burst_of_handshakes_gets_each_its_own_user(users, connect, presence_is_true):
+    await in_db(lambda: type(users.carol).objects.filter(pk=users.carol.pk).update(is_active=False))
+    tokens = {
+        user.username: (await in_db(issue_token, user))[0]
+        for user in (users.alice, users.bob, users.carol)
+    }
+    names = ["alice", "bob", "carol"] * 4
+    clients = await asyncio.gather(
+        *(
+            connect(None, path=f"/ws/realtime/?token={tokens[name]}", accept=name != "carol")
+            for name in names
+        )
+    )
+    assert len(clients) == 12
+    rows = await in_db(lambda: sorted(Connection.objects.values_list("user_id", flat=True)))
+    assert rows == sorted([str(users.alice.pk)] * 4 + [str(users.bob.pk)] * 4)
+    # A session logged out in the middle of a burst is refused at once.
+    keys = [await in_db(session_key_for, users.alice) for _ in range(3)]
+    await in_db(lambda: SessionStore(keys[1]).delete())
+
+    async def by_session(key: str, accept: bool) -> Any:
+        from channels.testing import WebsocketCommunicator
+
+        from project.asgi import application
+
+        communicator = WebsocketCommunicator(
+            application, "/ws/realtime/", headers=[(b"cookie", f"sessionid={key}".encode())]
+        )
+        connected, _ = await communicator.connect(timeout=5)
+        assert connected == accept
+        return communicator
+
+    communicators = await asyncio.gather(
+        by_session(keys[0], True), by_session(keys[1], False), by_session(keys[2], True)
+    )
+    for communicator in communicators:
+        await communicator.disconnect()
+    await in_db(presence_is_true)
