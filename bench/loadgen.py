@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import http.client
 import json
 import os
@@ -127,6 +128,7 @@ class Client:
         self.pending: dict[int, asyncio.Future[None]] = {}
         self.next_id = 0
         self.on_content: Handler = lambda content: None
+        self.on_notice: Handler = lambda frame: None
         self.protocol: WSProtocol | None = None
 
     async def connect(self, host: str, port: int, path: str) -> None:
@@ -160,6 +162,7 @@ class Client:
                 self._resolve(frame.get("#id"), RuntimeError(frame["#error"]))
             else:
                 self.stats["notices"] += 1
+                self.on_notice(frame)
         elif "ok" in frame:
             self._resolve(frame["ok"], None)
         else:
@@ -494,6 +497,68 @@ class Run:
             out, _ = await asyncio.wait_for(process.communicate(), 120)
             check = json.loads(out.decode().strip().splitlines()[-1])
             check["all_connected"] = check["connections"] == count
+            result["presence_check"] = check
+        return result
+
+    async def reap(self) -> dict[str, Any]:
+        """Clients on the first process, one observer per group on the second; the
+        first is killed (SIGKILL): how long until the second has reaped it and every
+        observer has the notices of its group."""
+        count, groups = self.spec["clients"], self.spec["groups"]
+        victim, survivor = self.ports
+        observers: list[Client] = []
+        for group in range(groups):
+            client = Client(self.kind, self.stats)
+            await client.connect(self.host, survivor, f"{self.path}?token={self.users[0]['token']}")
+            await client.join(f"reap{group}")
+            observers.append(client)
+            self.clients.append(client)
+        in_flight = asyncio.Semaphore(100)
+        users = self.users[1:] or self.users
+
+        async def one(index: int) -> None:
+            client = Client(self.kind, self.stats)
+            async with in_flight:
+                await client.connect(
+                    self.host, victim, f"{self.path}?token={users[index % len(users)]['token']}"
+                )
+                self.clients.append(client)
+                await client.join(f"reap{index % groups}")
+
+        await asyncio.gather(*(one(i) for i in range(count)))
+        notices = [0]
+        last = [0.0]
+        done = asyncio.Event()
+
+        def on_notice(frame: Any) -> None:
+            if frame.get("#code") == "USER_DISCONNECTED":
+                notices[0] += 1
+                last[0] = perf()
+                if notices[0] >= count:
+                    done.set()
+
+        for observer in observers:
+            observer.on_notice = on_notice
+        await asyncio.sleep(1.0)  # let the joins' own notices arrive first
+        killed = perf()
+        os.kill(self.spec["pids"][0], 9)
+        bound = self.spec["bound"]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), bound + 30)
+        result: dict[str, Any] = {
+            "clients": count,
+            "groups": groups,
+            "notices": notices[0],
+            "all_notices_s": round(last[0] - killed, 3) if notices[0] else None,
+            "bound_s": bound,
+        }
+        if self.spec.get("check_cmd"):
+            process = await asyncio.create_subprocess_exec(
+                *self.spec["check_cmd"], stdout=asyncio.subprocess.PIPE, env=self.spec["check_env"]
+            )
+            out, _ = await asyncio.wait_for(process.communicate(), 120)
+            check = json.loads(out.decode().strip().splitlines()[-1])
+            check["all_reaped"] = check["connections"] == groups
             result["presence_check"] = check
         return result
 

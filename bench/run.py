@@ -48,7 +48,7 @@ APP_OVERRIDES = {
     "HANDSHAKES_PER_MINUTE": 1_000_000,
     "GROUPS_CREATED_PER_MINUTE": 1_000_000,
 }
-SCENARIOS = ("fanout", "private", "churn", "listing", "memory", "storm", "paced")
+SCENARIOS = ("fanout", "private", "churn", "listing", "memory", "storm", "paced", "reap")
 APP_TARGETS = ("app/embedded/daphne", "app/redis+pg/daphne", "app/redis+pg/daphne-x2")
 
 # name: kind (app or bare protocol), backend, server, processes, baseline counterpart
@@ -82,7 +82,11 @@ SCENARIO_TARGETS = {
     # Presence under a reconnect storm and under paced churn: the app's alone.
     "storm": APP_TARGETS,
     "paced": ("app/embedded/daphne", "app/redis+pg/daphne"),
+    "reap": ("app/redis+pg/daphne-x2",),
 }
+# The reap scenario's timers (seconds): a dead process is reaped within
+# DEAD_AFTER + REAP_INTERVAL (+20 % jitter) of its last heartbeat.
+REAP_TIMERS = {"HEARTBEAT_INTERVAL": 1.0, "DEAD_AFTER": 3.0, "REAP_INTERVAL": 1.0}
 
 
 def plan(p: dict[str, Any], scenarios: list[str], names: list[str]) -> list[tuple[str, str, Any]]:
@@ -111,7 +115,7 @@ def plan(p: dict[str, Any], scenarios: list[str], names: list[str]) -> list[tupl
     rest("private", "memory")
     for n in ns[1:]:
         fan(n, lambda name, n: name not in primary and n <= 500 and TARGETS[name]["procs"] == 1)
-    rest("churn", "listing", "storm", "paced")
+    rest("churn", "listing", "storm", "paced", "reap")
     for n in ns[1:]:
         fan(n, lambda name, n: name in primary and n > 500)
     return items
@@ -129,6 +133,7 @@ def params(quick: bool, n: list[int] | None) -> dict[str, Any]:
             "memory": 200,
             "storm": {"clients": 200, "groups": 20},
             "paced": {"clients": 20, "groups": 5, "rate": 100, "seconds": 3},
+            "reap": {"clients": 200, "groups": 20},
         }
     return {
         "fanout_n": n or [100, 500, 1000],
@@ -140,6 +145,7 @@ def params(quick: bool, n: list[int] | None) -> dict[str, Any]:
         "memory": 2000,
         "storm": {"clients": 2000, "groups": 100},
         "paced": {"clients": 50, "groups": 10, "rate": 100, "seconds": 10},
+        "reap": {"clients": 2000, "groups": 100},
     }
 
 
@@ -244,8 +250,11 @@ def dbtool(env: dict[str, str], *args: str, timeout: float = 600) -> str:
 class Servers:
     """The server processes of one target, started fresh for each scenario."""
 
-    def __init__(self, name: str, target: dict[str, Any]) -> None:
+    def __init__(
+        self, name: str, target: dict[str, Any], overrides: dict[str, Any] | None = None
+    ) -> None:
         self.name, self.target = name, target
+        self.overrides = overrides or {}
         self.ports: list[int] = []
         self.processes: list[subprocess.Popen[bytes]] = []
 
@@ -278,7 +287,10 @@ class Servers:
 
     def env(self) -> dict[str, str]:
         if self.target["kind"] == "app":
-            return app_env(self.target["backend"])
+            env = app_env(self.target["backend"])
+            if self.overrides:
+                env["SKAPI_CHANNELS_JSON"] = json.dumps({**APP_OVERRIDES, **self.overrides})
+            return env
         return bare_env(self.target["backend"])
 
     def __enter__(self) -> Servers:
@@ -406,6 +418,21 @@ def run_scenario(
             if env is not None:
                 result["batches"] = batch_figures(env)
             return result
+    if scenario == "reap":
+        assert env is not None
+        with Servers(name, target, REAP_TIMERS) as servers:
+            bound = REAP_TIMERS["DEAD_AFTER"] + REAP_TIMERS["REAP_INTERVAL"] * 1.2 + 2
+            spec = {
+                **base,
+                "scenario": "reap",
+                "ports": servers.ports,
+                "pids": servers.pids,
+                "bound": bound,
+                "check_cmd": [PY, "-m", "bench.dbtool", "check"],
+                "check_env": env,
+                **p["reap"],
+            }
+            return loadgen(spec)
     if scenario == "memory":
         with Servers(name, target) as servers:
             return loadgen(
@@ -637,6 +664,24 @@ def tables(data: dict[str, Any]) -> str:
                 f" {fmt(st['join_p50_ms'], 1)} | {fmt(st['join_p99_ms'], 1)} | {check_text} |"
             )
         lines.append("")
+    reaps = [(name, r["reap"]) for name, r in res.items() if r.get("reap")]
+    if reaps:
+        lines += [
+            "### A process killed (SIGKILL) with N connections: reaped by the other",
+            "",
+            "| target | connections | notices | all notices after kill s | bound s |"
+            " presence check |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, rp in reaps:
+            check = rp.get("presence_check") or {}
+            ok = check.get("ok") and check.get("all_reaped")
+            lines.append(
+                f"| {name} | {rp['clients']:,} | {rp['notices']:,} |"
+                f" {fmt(rp['all_notices_s'], 2)} | {fmt(rp['bound_s'], 1)} |"
+                f" {'ok' if ok else 'MISMATCH'} |"
+            )
+        lines.append("")
     paced = [(name, r["paced"]) for name, r in res.items() if r.get("paced")]
     if paced:
         lines += [
@@ -782,6 +827,20 @@ def targets(res: dict[str, Any], ns: list[int]) -> list[dict[str, Any]]:
                 storm["all_joined_s"] < 4
                 and storm["joined"] == storm["clients"]
                 and bool(check.get("ok") and check.get("all_connected")),
+            )
+    for app in SCENARIO_TARGETS["reap"]:
+        rp = (res.get(app) or {}).get("reap")
+        if rp:
+            check = rp.get("presence_check") or {}
+            took = rp["all_notices_s"]
+            add(
+                f"process killed with {rp['clients']:,} connections: reaped, all notices, {app} (s)",
+                took,
+                f"< {rp['bound_s']:g} (DEAD_AFTER + REAP_INTERVAL + 2)",
+                took is not None
+                and took < rp["bound_s"]
+                and rp["notices"] == rp["clients"]
+                and bool(check.get("ok") and check.get("all_reaped")),
             )
     for app in ("app/embedded/daphne", "app/redis+pg/daphne"):
         paced = (res.get(app) or {}).get("paced")
