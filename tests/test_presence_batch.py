@@ -393,7 +393,7 @@ async def test_a_burst_of_handshakes_gets_each_its_own_user(users, connect, pres
     async def by_session(key: str, accept: bool) -> Any:
         from channels.testing import WebsocketCommunicator
 
-        from project.asgi import application
+        from tests.asgi import application
 
         communicator = WebsocketCommunicator(
             application, "/ws/realtime/", headers=[(b"cookie", f"sessionid={key}".encode())]
