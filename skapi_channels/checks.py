@@ -174,6 +174,19 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:  # noqa: C901
                     id="skapi_channels.E011",
                 )
             )
+    servers = user.get("RTC_ICE_SERVERS", DEFAULTS["RTC_ICE_SERVERS"])
+    if not isinstance(servers, list) or not all(
+        isinstance(server, dict) and isinstance(server.get("urls"), (str, list))
+        for server in servers
+    ):
+        errors.append(
+            Error(
+                "SKAPI_CHANNELS['RTC_ICE_SERVERS'] must be a list of RTCIceServer dicts, "
+                f"each with 'urls', not {servers!r}.",
+                hint='For example [{"urls": "stun:stun.example.com:3478"}].',
+                id="skapi_channels.E012",
+            )
+        )
     return errors
 
 

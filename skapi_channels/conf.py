@@ -65,6 +65,10 @@ DEFAULTS: dict[str, Any] = {
     "HEARTBEAT_INTERVAL": 5.0,
     "DEAD_AFTER": 20.0,
     "REAP_INTERVAL": 5.0,
+    # STUN/TURN servers for calls (RTCIceServer dicts: {"urls": ..., "username": ...,
+    # "credential": ...}), given to the page by the template tag. None: host
+    # candidates only, as on a LAN or one machine.
+    "RTC_ICE_SERVERS": [],
 }
 
 # Settings whose value may be a dotted path, resolved once to what it names.
@@ -124,6 +128,7 @@ class Settings:
     HEARTBEAT_INTERVAL: float
     DEAD_AFTER: float
     REAP_INTERVAL: float
+    RTC_ICE_SERVERS: list[dict[str, Any]]
 
     def __init__(self) -> None:
         self._cached: set[str] = set()

@@ -36,6 +36,8 @@ def test_defaults_pass():
         ({"MAX_GROUP_NAME_LENGTH": 256}, "skapi_channels.E010"),
         ({"GROUPS_CREATED_PER_MINUTE": -1}, "skapi_channels.E003"),
         ({"FLOOD_CLOSE_AFTER": 0}, "skapi_channels.E004"),
+        ({"RTC_ICE_SERVERS": "stun:stun.example.com"}, "skapi_channels.E012"),
+        ({"RTC_ICE_SERVERS": [{"url": "stun:x"}]}, "skapi_channels.E012"),
     ],
 )
 def test_bad_settings_are_reported(settings, expected):

@@ -37,7 +37,9 @@ async def test_relays_to_exactly_that_connection_in_order(users, connect, db_que
     bob_other_tab = await connect(users.bob)
     offer = {"sdpoffer": {"type": "offer", "sdp": "v=0 ..."}}
 
-    answer = await alice.request({"action": "rtc", "uid": f"cid:{bob_cid}", "content": offer, "id": 1})
+    answer = await alice.request(
+        {"action": "rtc", "uid": f"cid:{bob_cid}", "content": offer, "id": 1}
+    )
     assert answer == {"#ack": 1}
     assert await bob.receive() == {
         "#rtc": offer,

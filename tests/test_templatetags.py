@@ -81,3 +81,14 @@ def test_the_tag_makes_sure_of_the_csrf_cookie(rf: Any, source: str, cookie: boo
 
     response = CsrfViewMiddleware(view)(rf.get("/"))
     assert (settings.CSRF_COOKIE_NAME in response.cookies) is cookie
+
+
+@override_settings(
+    SKAPI_CHANNELS={"RTC_ICE_SERVERS": [{"urls": "stun:stun.example.com:3478"}]}
+)
+def test_ice_servers() -> None:
+    html = render("{% skapi_realtime %}")
+    assert html == (
+        SCRIPT + ' data-ice-servers="[{&quot;urls&quot;: &quot;stun:stun.example.com:3478&quot;}]">'
+        "</script>"
+    )

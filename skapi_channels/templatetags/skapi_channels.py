@@ -8,6 +8,7 @@ send back in ``X-CSRFToken``.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django import template
@@ -29,7 +30,8 @@ def skapi_realtime(context: template.Context, auth: str = "") -> SafeString:
 
     ``auth="token"`` makes the socket authenticate with a handshake token from the
     token endpoint instead of the session cookie. A logged-in request's user_id
-    becomes ``data-user-id`` (the client's ``skapi.user``).
+    becomes ``data-user-id`` (the client's ``skapi.user``), and the
+    ``RTC_ICE_SERVERS`` setting ``data-ice-servers`` (JSON) for calls.
 
     With the request in the context (Django's ``request`` context processor, on in
     new projects), ``get_token`` marks the response to carry the CSRF cookie, as
@@ -53,6 +55,8 @@ def skapi_realtime(context: template.Context, auth: str = "") -> SafeString:
     user_id = _user_id(context)
     if user_id is not None:
         html += format_html(' data-user-id="{}"', user_id)
+    if conf.RTC_ICE_SERVERS:
+        html += format_html(' data-ice-servers="{}"', json.dumps(conf.RTC_ICE_SERVERS))
     request = context.get("request")
     if isinstance(request, HttpRequest):
         get_token(request)

@@ -20,6 +20,14 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
     "--disable-quic",
+    # Calls: fake camera and microphone, granted without a prompt; host candidates
+    # on loopback (Chromium leaves loopback out by default), shown as addresses
+    # rather than mDNS names, so two pages call each other over 127.0.0.1.
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--allow-loopback-in-peer-connection",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+    "--force-webrtc-ip-handling-policy=default",
 ]
 
 try:

@@ -46,7 +46,9 @@ async def test_rtc_crosses_processes(deployment: Deployment) -> None:
     assert candidates == [{"candidate": n} for n in range(15)]
 
     # The answer goes back across the processes.
-    answer = await bob.request({"action": "rtc", "uid": f"cid:{alice_cid}", "content": {"pickup": 1}})
+    answer = await bob.request(
+        {"action": "rtc", "uid": f"cid:{alice_cid}", "content": {"pickup": 1}}
+    )
     assert "#ack" in answer, answer
     back = await alice.wait_for(lambda f: "#rtc" in f, 10)
     assert back["#rtc"] == {"pickup": 1} and back["#scid"] == bob_cid

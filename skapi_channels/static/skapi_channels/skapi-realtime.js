@@ -191,7 +191,8 @@
         reconnectMaxDelay: 10000,
         ackTimeout: 30000, // ms to wait for the server's answer to a frame
         csrfCookie: 'csrftoken',
-        userId: null // this page's user_id, shown as `skapi.user`
+        userId: null, // this page's user_id, shown as `skapi.user`
+        iceServers: null // RTCIceServer list for calls; none: host candidates only
     };
 
     // Close codes after which reconnecting cannot help (docs/protocol.md section 13):
@@ -273,7 +274,8 @@
 
     // `callback`: the one to call instead of the current one (a close event
     // belongs to the callback of the connection that closed).
-    SkapiRealtime.prototype._emit = function (type, message, data, callback) {
+    // `extra`: more fields (the functions of an `rtc:incoming` event).
+    SkapiRealtime.prototype._emit = function (type, message, data, callback, extra) {
         data = data || {};
         var event = {
             type: type,
@@ -288,6 +290,12 @@
         }
         if (has(data, 'close_code')) {
             event.close_code = data.close_code;
+        }
+        if (extra) {
+            Object.keys(extra).forEach(function (k) { event[k] = extra[k]; });
+        }
+        if (event.message === undefined) {
+            delete event.message;
         }
         callback = callback || this._callback;
         if (typeof callback === 'function') {
@@ -644,6 +652,8 @@
             this._emit('private', data['#private'], data);
         } else if (has(data, '#notice')) {
             this._emit('notice', data['#notice'], data);
+        } else if (has(data, '#rtc')) {
+            this._onRtc(data);
         }
     };
 
@@ -747,6 +757,7 @@
         var socket = this._socket;
         var callback = this._callback; // a connectRealtime(cb2) right after gets no old event
         var hadConnection = this._state !== State.CLOSED;
+        this.closeRTC({ close_all: true }); // the hang-ups go out before the socket closes
         this._socket = null;
         this._reset(false);
         this._failPending(skapiError('INVALID_REQUEST', MSG.noConnection));
@@ -930,6 +941,524 @@
         });
     };
 
+    // ------------------------------------------------------------------ calls
+
+    // WebRTC calls as skapi-js makes them: the realtime socket carries the
+    // signalling (`rtc` frames: sdpoffer, sdpanswer, candidate, pickup,
+    // hungup) to one connection; media and data go peer to peer.
+
+    var CHANNEL_PRESETS = {
+        'text-chat': { ordered: true, maxRetransmits: 10, protocol: 'text-chat' },
+        'file-transfer': { ordered: false, maxPacketLifeTime: 3000, protocol: 'file-transfer' },
+        'video-chat': { ordered: true, maxRetransmits: 10, protocol: 'video-chat' },
+        'voice-chat': { ordered: true, maxRetransmits: 10, protocol: 'voice-chat' },
+        'gaming': { ordered: false, maxPacketLifeTime: 100, protocol: 'gaming' }
+    };
+    var DEFAULT_CHANNELS = [{ ordered: true, maxPacketLifeTime: 10, protocol: 'default' }];
+
+    function now() {
+        return new Date().toISOString();
+    }
+
+    function checkCid(cid) {
+        if (typeof cid !== 'string') {
+            throw skapiError('INVALID_PARAMETER', '"cid" should be type: <string>.');
+        }
+        if (cid.slice(0, 4) !== 'cid:' || cid.length < 5) {
+            throw skapiError('INVALID_PARAMETER', '"cid" should be a valid connection id.');
+        }
+        return cid;
+    }
+
+    function checkMedia(media) {
+        if (media && !(typeof MediaStream !== 'undefined' && media instanceof MediaStream) &&
+                (media.video || media.audio) && !global.isSecureContext) {
+            throw skapiError('INVALID_REQUEST', 'Media stream is only supported on either localhost or https.');
+        }
+    }
+
+    // A MediaStream as given, the camera/microphone, or (neither asked for) a
+    // 1x1 canvas track, as skapi-js does. `own`: ours to stop when the call ends.
+    function openMedia(media) {
+        if (typeof MediaStream !== 'undefined' && media instanceof MediaStream) {
+            return Promise.resolve({ stream: media, own: false });
+        }
+        if (!media.video && !media.audio) {
+            var canvas = document.createElement('canvas');
+            canvas.width = 1;
+            canvas.height = 1;
+            var stream = new MediaStream();
+            stream.addTrack(canvas.captureStream().getVideoTracks()[0]);
+            return Promise.resolve({ stream: stream, own: true });
+        }
+        return navigator.mediaDevices.getUserMedia(media).then(function (stream) {
+            return { stream: stream, own: true };
+        });
+    }
+
+    SkapiRealtime.prototype._iceServers = function (ice) {
+        if (typeof ice === 'string' && ice) {
+            return [{ urls: ice }];
+        }
+        if (Array.isArray(ice)) {
+            return ice;
+        }
+        return this.config.iceServers || [];
+    };
+
+    SkapiRealtime.prototype._signal = function (cid, content) {
+        return this._request({ action: 'rtc', uid: cid, content: content });
+    };
+
+    SkapiRealtime.prototype._call = function (cid) {
+        var calls = this._calls || (this._calls = {});
+        if (!calls[cid]) {
+            calls[cid] = {
+                cid: cid,
+                userId: null, // the other side's user_id, once a frame of theirs came
+                peer: null,
+                channels: {},
+                callback: null,
+                media: null,
+                ownMedia: false,
+                ringing: null, // caller: settles `connection` on pickup or hungup
+                incoming: false, // callee: rung and not answered yet
+                offers: [], // sdp offers that came before the answer
+                candidates: [], // candidates that came before the remote description
+                queue: Promise.resolve() // signalling of this call, handled in order
+            };
+        }
+        return calls[cid];
+    };
+
+    SkapiRealtime.prototype._rtcEmit = function (call, event) {
+        if (typeof call.callback === 'function') {
+            try {
+                call.callback(event);
+            } catch (err) {
+                console.error('skapi: the RTC callback threw', err);
+            }
+        }
+    };
+
+    SkapiRealtime.prototype._watchPeer = function (call, withNegotiation) {
+        var self = this;
+        var peer = call.peer;
+        var emit = function (event) { self._rtcEmit(call, event); };
+        peer.ontrack = function (event) {
+            emit({ type: 'track', target: peer, timeStamp: event.timeStamp, streams: event.streams, track: event.track });
+        };
+        peer.onicecandidate = function (event) {
+            if (!event.candidate) {
+                emit({ type: 'icecandidateend', target: peer, timestamp: now() });
+                return;
+            }
+            var c = event.candidate;
+            emit({
+                type: 'icecandidate', target: peer, timestamp: now(), candidate: c.candidate,
+                sdpMid: c.sdpMid, sdpMLineIndex: c.sdpMLineIndex, usernameFragment: c.usernameFragment,
+                protocol: c.protocol, gatheringState: peer.iceGatheringState, connectionState: peer.iceConnectionState
+            });
+            self._signal(call.cid, { candidate: c.toJSON ? c.toJSON() : c }).catch(function () {});
+        };
+        peer.onicecandidateerror = function (event) {
+            emit({
+                type: 'icecandidateerror', target: peer, timestamp: now(), errorCode: event.errorCode,
+                errorText: event.errorText, url: event.url, hostCandidate: event.hostCandidate,
+                gatheringState: peer.iceGatheringState, connectionState: peer.iceConnectionState
+            });
+        };
+        peer.oniceconnectionstatechange = function () {
+            emit({
+                type: 'iceconnectionstatechange', target: peer, timestamp: now(), state: peer.iceConnectionState,
+                gatheringState: peer.iceGatheringState, signalingState: peer.signalingState
+            });
+        };
+        peer.onicegatheringstatechange = function () {
+            emit({
+                type: 'icegatheringstatechange', target: peer, timestamp: now(), state: peer.iceGatheringState,
+                connectionState: peer.iceConnectionState, signalingState: peer.signalingState
+            });
+        };
+        peer.onsignalingstatechange = function () {
+            emit({
+                type: 'signalingstatechange', target: peer, timestamp: now(), state: peer.signalingState,
+                connectionState: peer.iceConnectionState, gatheringState: peer.iceGatheringState
+            });
+        };
+        peer.onconnectionstatechange = function () {
+            emit({
+                type: 'connectionstatechange', target: peer, timestamp: now(), state: peer.connectionState,
+                iceState: peer.iceConnectionState, signalingState: peer.signalingState
+            });
+            var state = peer.connectionState;
+            if (state === 'disconnected' || state === 'failed' || state === 'closed') {
+                self._endCall(call.cid, true, null);
+            }
+        };
+        // The caller renegotiates (a track added later) once the call is up.
+        peer.onnegotiationneeded = !withNegotiation ? null : function () {
+            if (call.ringing) {
+                return; // the first offer is sent by connectRTC itself
+            }
+            self._offer(call).catch(function () {});
+            emit({
+                type: 'negotiationneeded', target: peer, timestamp: now(), signalingState: peer.signalingState,
+                connectionState: peer.iceConnectionState, gatheringState: peer.iceGatheringState
+            });
+        };
+    };
+
+    SkapiRealtime.prototype._watchChannel = function (call, channel) {
+        var self = this;
+        var emit = function (event) { self._rtcEmit(call, event); };
+        channel.onopen = function (event) {
+            emit({
+                type: event.type, target: channel, timeStamp: event.timeStamp, readyState: channel.readyState,
+                label: channel.label, id: channel.id, ordered: channel.ordered,
+                maxRetransmits: channel.maxRetransmits, protocol: channel.protocol
+            });
+        };
+        channel.onmessage = function (event) {
+            emit({
+                type: event.type, target: channel, timeStamp: event.timeStamp, data: event.data,
+                lastEventId: event.lastEventId, origin: event.origin, readyState: channel.readyState,
+                bufferedAmount: channel.bufferedAmount
+            });
+        };
+        channel.onerror = function (event) {
+            emit({
+                type: event.type, target: channel, timeStamp: event.timeStamp,
+                error: event.error && event.error.message, errorCode: event.error && event.error.errorDetail,
+                readyState: channel.readyState, label: channel.label
+            });
+        };
+        channel.onbufferedamountlow = function (event) {
+            emit({
+                type: event.type, target: channel, timeStamp: event.timeStamp, bufferedAmount: channel.bufferedAmount,
+                bufferedAmountLowThreshold: channel.bufferedAmountLowThreshold
+            });
+        };
+        channel.onclose = function (event) {
+            emit({
+                type: event.type, target: channel, timeStamp: event.timeStamp, readyState: channel.readyState,
+                label: channel.label, id: channel.id
+            });
+            if (call.channels[channel.label] === channel) {
+                delete call.channels[channel.label];
+                if (!Object.keys(call.channels).length) {
+                    self._endCall(call.cid, true, null); // the last channel closed: so does the call
+                }
+            }
+        };
+    };
+
+    SkapiRealtime.prototype._offer = function (call) {
+        var self = this;
+        var peer = call.peer;
+        return peer.createOffer().then(function (offer) {
+            return peer.setLocalDescription(offer);
+        }).then(function () {
+            return self._signal(call.cid, { sdpoffer: peer.localDescription.toJSON() });
+        });
+    };
+
+    // Remote candidates wait for the remote description; then they go in order.
+    SkapiRealtime.prototype._flushCandidates = function (call) {
+        var peer = call.peer;
+        if (!peer || !peer.remoteDescription || !peer.remoteDescription.type) {
+            return Promise.resolve();
+        }
+        var pending = call.candidates.splice(0);
+        return pending.reduce(function (done, candidate) {
+            return done.then(function () {
+                return peer.addIceCandidate(candidate).catch(function () {});
+            });
+        }, Promise.resolve());
+    };
+
+    SkapiRealtime.prototype._answerOffers = function (call) {
+        var self = this;
+        var peer = call.peer;
+        var offers = call.offers.splice(0);
+        return offers.reduce(function (done, offer) {
+            return done.then(function () {
+                return peer.setRemoteDescription(offer);
+            }).then(function () {
+                return peer.createAnswer();
+            }).then(function (answer) {
+                return peer.setLocalDescription(answer);
+            }).then(function () {
+                return self._signal(call.cid, { sdpanswer: peer.localDescription.toJSON() });
+            });
+        }, Promise.resolve()).then(function () {
+            return self._flushCandidates(call);
+        });
+    };
+
+    // A `#rtc` frame: signalling of the call with its sender, handled in order.
+    SkapiRealtime.prototype._onRtc = function (data) {
+        var self = this;
+        var cid = withCid(data['#scid']);
+        var content = data['#rtc'];
+        if (cid === null || !content || typeof content !== 'object') {
+            return;
+        }
+        if (has(content, 'hungup')) {
+            this._endCall(cid, false, data);
+            return;
+        }
+        var call = this._call(cid);
+        call.userId = data['#user_id'];
+        call.queue = call.queue.then(function () {
+            return self._signalled(call, content, data);
+        }).catch(function (err) {
+            self._rtcEmit(call, { type: 'error', target: call.peer, timestamp: now(), error: String(err && err.message || err) });
+        });
+    };
+
+    SkapiRealtime.prototype._signalled = function (call, content, data) {
+        var self = this;
+        var steps = Promise.resolve();
+        if (content.candidate) {
+            call.candidates.push(content.candidate);
+            steps = steps.then(function () { return self._flushCandidates(call); });
+        }
+        if (content.sdpoffer) {
+            call.offers.push(content.sdpoffer);
+            if (call.peer) { // a renegotiation of a call in progress
+                steps = steps.then(function () { return self._answerOffers(call); });
+            } else if (!call.incoming) {
+                call.incoming = true;
+                var cid = call.cid;
+                this._emit('rtc:incoming', undefined, data, null, {
+                    connectRTC: function (params, callback) { return self._answer(cid, params, callback); },
+                    hangup: function () { self._endCall(cid, true, null); }
+                });
+            }
+        }
+        if (content.pickup && call.ringing) {
+            var ringing = call.ringing;
+            call.ringing = null;
+            ringing(true);
+        }
+        if (content.sdpanswer && call.peer && call.peer.signalingState === 'have-local-offer') {
+            steps = steps.then(function () {
+                return call.peer.setRemoteDescription(content.sdpanswer);
+            }).then(function () {
+                return self._flushCandidates(call);
+            });
+        }
+        return steps;
+    };
+
+    // Ends the call with `cid`: closes its channels and peer, tells the other
+    // side (`tell`) unless it hung up itself, and emits `rtc:closed` once.
+    SkapiRealtime.prototype._endCall = function (cid, tell, data) {
+        var calls = this._calls || {};
+        var ended = this._ended || (this._ended = {});
+        var call = calls[cid];
+        if (!call) {
+            if (data && !ended[cid]) { // a call we never saw: still say it ended
+                this._emit('rtc:closed', data['#rtc'], data);
+            }
+            delete ended[cid];
+            return;
+        }
+        delete calls[cid];
+        ended[cid] = true; // the other side's hang-up that may follow is not news
+        var peer = call.peer;
+        Object.keys(call.channels).forEach(function (label) {
+            var channel = call.channels[label];
+            channel.onclose = null;
+            if (channel.readyState !== 'closed') {
+                channel.close();
+            }
+        });
+        call.channels = {};
+        if (tell && (peer || call.incoming || call.ringing)) {
+            this._signal(cid, { hungup: this.user ? this.user.user_id : true }).catch(function () {});
+        }
+        if (peer) {
+            peer.onconnectionstatechange = null;
+            if (peer.connectionState !== 'closed') {
+                peer.close();
+            }
+            this._rtcEmit(call, {
+                type: 'connectionstatechange', target: peer, timestamp: now(), state: peer.connectionState,
+                iceState: peer.iceConnectionState, signalingState: peer.signalingState
+            });
+        }
+        if (call.ownMedia && call.media) {
+            call.media.getTracks().forEach(function (track) { track.stop(); });
+        }
+        if (call.ringing) {
+            call.ringing = null; // as in skapi-js, an unanswered `connection` stays pending
+        }
+        // The event names the other side, whichever side ended the call.
+        this._emit('rtc:closed', data ? data['#rtc'] : null, data || { '#scid': cid.slice(4), '#user_id': call.userId });
+    };
+
+    SkapiRealtime.prototype._openSocket = function () {
+        var self = this;
+        return this._connection().then(function (connected) {
+            if (!connected) {
+                throw skapiError('INVALID_REQUEST', MSG.noConnection);
+            }
+            if (!self._socket || self._socket.readyState !== 1) {
+                throw skapiError('INVALID_REQUEST', 'Realtime connection is not ready.');
+            }
+        });
+    };
+
+    SkapiRealtime.prototype.connectRTC = function (params, callback) {
+        var self = this;
+        var cid, channels, call;
+        try {
+            if (typeof callback !== 'function') {
+                throw skapiError('INVALID_PARAMETER', 'Callback is required.');
+            }
+            if (typeof RTCPeerConnection === 'undefined') {
+                throw skapiError('NOT_SUPPORTED', 'WebRTC is not supported in this browser.');
+            }
+            params = extract(params) || {};
+            cid = checkCid(params.cid);
+            checkMedia(params.media);
+            channels = (params.channels || DEFAULT_CHANNELS).map(function (option) {
+                if (typeof option === 'string') {
+                    if (!has(CHANNEL_PRESETS, option)) {
+                        throw skapiError('INVALID_PARAMETER', '"channels" presets are: ' + Object.keys(CHANNEL_PRESETS).join(', ') + '.');
+                    }
+                    return Object.assign({}, CHANNEL_PRESETS[option]);
+                }
+                if (!option || typeof option !== 'object') {
+                    throw skapiError('INVALID_PARAMETER', '"channels" must be presets or RTCDataChannelInit objects.');
+                }
+                return Object.assign({ protocol: 'default' }, option);
+            });
+            var labels = {};
+            channels.forEach(function (option) {
+                if (labels[option.protocol]) {
+                    throw skapiError('INVALID_REQUEST', 'Data channel with the protocol "' + option.protocol + '" already exists.');
+                }
+                labels[option.protocol] = true;
+            });
+            if (this._calls && this._calls[cid] && (this._calls[cid].peer || this._calls[cid].incoming)) {
+                throw skapiError('INVALID_REQUEST', 'A call with "' + cid + '" is already in progress.');
+            }
+        } catch (err) {
+            return Promise.reject(err);
+        }
+        return this._openSocket().then(function () {
+            call = self._call(cid);
+            call.callback = callback;
+            call.peer = new RTCPeerConnection({ iceServers: self._iceServers(params.ice) });
+            return params.media ? openMedia(params.media) : null;
+        }).then(function (media) {
+            if (media) {
+                call.media = media.stream;
+                call.ownMedia = media.own;
+                media.stream.getTracks().forEach(function (track) { call.peer.addTrack(track, media.stream); });
+            }
+            channels.forEach(function (option) {
+                var channel = call.peer.createDataChannel(option.protocol, option);
+                call.channels[option.protocol] = channel;
+                self._watchChannel(call, channel);
+            });
+            var connection = new Promise(function (resolve) {
+                call.ringing = function (picked) {
+                    if (picked) {
+                        resolve({
+                            target: call.peer,
+                            channels: call.channels,
+                            hangup: function () { return self.closeRTC({ cid: cid }); },
+                            media: call.media
+                        });
+                    }
+                };
+            });
+            self._watchPeer(call, true);
+            return self._offer(call).then(function () {
+                return {
+                    hangup: function () { self._endCall(cid, true, null); },
+                    connection: connection
+                };
+            });
+        }).catch(function (err) {
+            if (call && self._calls && self._calls[cid] === call) {
+                call.ringing = null;
+                self._endCall(cid, false, null);
+            }
+            throw err instanceof SkapiError ? err : skapiError('ERROR', String(err && err.message || err));
+        });
+    };
+
+    // The `connectRTC` an `rtc:incoming` event carries: answers the call.
+    SkapiRealtime.prototype._answer = function (cid, params, callback) {
+        var self = this;
+        var call = this._calls && this._calls[cid];
+        if (!call || !call.incoming || call.peer) {
+            return Promise.resolve(null); // hung up meanwhile, or answered already
+        }
+        try {
+            if (typeof callback !== 'function') {
+                throw skapiError('INVALID_PARAMETER', 'Callback is required.');
+            }
+            params = extract(params) || {};
+            checkMedia(params.media);
+        } catch (err) {
+            return Promise.reject(err);
+        }
+        call.callback = callback;
+        call.peer = new RTCPeerConnection({ iceServers: this._iceServers(params.ice) });
+        call.peer.ondatachannel = function (event) {
+            call.channels[event.channel.label] = event.channel;
+            self._watchChannel(call, event.channel);
+        };
+        this._watchPeer(call, false);
+        var answered = (params.media ? openMedia(params.media) : Promise.resolve(null)).then(function (media) {
+            if (media) {
+                call.media = media.stream;
+                call.ownMedia = media.own;
+                media.stream.getTracks().forEach(function (track) { call.peer.addTrack(track, media.stream); });
+            }
+            call.incoming = false;
+            return self._answerOffers(call);
+        }).then(function () {
+            return self._signal(cid, { pickup: self.user ? self.user.user_id : true });
+        }).then(function () {
+            return {
+                target: call.peer,
+                channels: call.channels,
+                hangup: function () { return self.closeRTC({ cid: cid }); },
+                media: call.media
+            };
+        });
+        call.queue = call.queue.then(function () { return answered; }).catch(function () {});
+        return answered.catch(function (err) {
+            self._endCall(cid, true, null);
+            throw err instanceof SkapiError ? err : skapiError('ERROR', String(err && err.message || err));
+        });
+    };
+
+    SkapiRealtime.prototype.closeRTC = function (params) {
+        var self = this;
+        params = params || {};
+        try {
+            if (!params.close_all) {
+                if (!params.cid) {
+                    throw skapiError('INVALID_PARAMETER', '"cid" is required.');
+                }
+                checkCid(params.cid);
+            }
+        } catch (err) {
+            return Promise.reject(err);
+        }
+        var cids = params.close_all ? Object.keys(this._calls || {}) : [params.cid];
+        cids.forEach(function (cid) { self._endCall(cid, true, null); });
+        return Promise.resolve(null);
+    };
+
     // ------------------------------------------------------ the global skapi
 
     function configFromScript(script) {
@@ -940,7 +1469,8 @@
             usersUrl: d.usersUrl,
             tokenUrl: d.tokenUrl,
             auth: d.auth === 'token' ? 'token' : 'cookie',
-            userId: d.userId
+            userId: d.userId,
+            iceServers: d.iceServers ? JSON.parse(d.iceServers) : null
         };
     }
 

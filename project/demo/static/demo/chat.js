@@ -184,6 +184,14 @@
                 button.type = 'button';
                 button.addEventListener('click', function () { openPrivate(userId); });
                 item.appendChild(button);
+                // A call rings one connection: the user's latest tab here.
+                var cids = state.people[userId];
+                var callButton = el('button', 'small-button call', 'Call');
+                callButton.type = 'button';
+                callButton.addEventListener('click', function () {
+                    window.callRTC(cids[cids.length - 1]).catch(showError);
+                });
+                item.appendChild(callButton);
             }
             list.appendChild(item);
         });
@@ -331,6 +339,9 @@
     // ------------------------------------------------------ realtime events
 
     function onEvent(event) {
+        if (typeof window.RealtimeCallback === 'function') {
+            window.RealtimeCallback(event); // the calls (call.js)
+        }
         switch (event.type) {
             case 'success':
                 setStatus('open', 'Connected');
@@ -367,6 +378,12 @@
                 } else {
                     log('private', textOf(event.message), { from: event.sender, fromSuffix: ' (private)' });
                 }
+                break;
+            case 'rtc:incoming':
+                log('system', [nameNode('span', 'name', event.sender), ' is calling you.']);
+                break;
+            case 'rtc:closed':
+                log('system', 'The call ended.');
                 break;
             case 'notice':
                 if (event.sender_rid === state.group) {
