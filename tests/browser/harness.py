@@ -21,13 +21,13 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-quic",
     # Calls: fake camera and microphone, granted without a prompt; host candidates
-    # on loopback (Chromium leaves loopback out by default), shown as addresses
-    # rather than mDNS names, so two pages call each other over 127.0.0.1.
+    # shown as addresses rather than mDNS names (nothing resolves .local here).
+    # Loopback is allowed too, though Chromium still gathers only the machine's
+    # interface addresses (see tests/browser/test_calls.py).
     "--use-fake-device-for-media-stream",
     "--use-fake-ui-for-media-stream",
     "--allow-loopback-in-peer-connection",
     "--disable-features=WebRtcHideLocalIpsWithMdns",
-    "--force-webrtc-ip-handling-policy=default",
 ]
 
 try:

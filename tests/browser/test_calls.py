@@ -1,6 +1,17 @@
-"""WebRTC calls between two users' pages in Chromium (PROTOCOL section 12): the
-signalling goes through the real daphne, the data channel peer to peer over
-loopback."""
+"""WebRTC calls between two users' pages in Chromium (protocol section 12): the
+signalling goes through the real daphne, media and data peer to peer on this
+machine.
+
+Where the peer traffic goes: Chromium 156 gathers no 127.0.0.1 host candidate,
+whatever was tried (``--allow-loopback-in-peer-connection``, with
+``--force-webrtc-ip-handling-policy=default``, with
+``--enable-features=WebRtcAllowLoopback``); it gathers the addresses of the
+machine's interfaces. Traffic between two addresses of one machine never leaves
+it: Linux routes it over the loopback device (``ip route get <own address>``
+answers ``local ... dev lo``). The call test asserts that both ends of the
+selected candidate pair are addresses of this machine, so the call cannot have
+gone through the network. mDNS candidate names are turned off
+(``WebRtcHideLocalIpsWithMdns``): nothing here resolves ``.local`` names."""
 
 from __future__ import annotations
 
