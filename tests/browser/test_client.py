@@ -5,15 +5,27 @@ encode, resuming after giving up, keepAlive off the main thread."""
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from tests.browser.harness import User
+from tests.browser.harness import PASSWORD, Server, User
 from tests.browser.test_chat import settle, unique, user_id
 
 pytestmark = pytest.mark.browser
+
+with contextlib.suppress(ImportError):  # no playwright: the tests skip
+    from playwright.sync_api import Browser
+
+MAKE_ROOT = (
+    "from django.contrib.auth import get_user_model\n"
+    "User = get_user_model()\n"
+    "if not User.objects.filter(username='root').exists():\n"
+    f"    User.objects.create_superuser('root', password={PASSWORD!r})\n"
+)
 
 # `window.t`: a fresh client recording its events; options over the page's config.
 CLIENT = """
@@ -183,6 +195,8 @@ def test_closing_while_opening_and_callbacks(login: Callable[[str], User]) -> No
     assert alice.errors == []
 
 
+# 4001 (revocation) and 4008 (ten seconds of flooding) as the socket reports
+# them; a real 4000 from the admin follows below.
 @pytest.mark.parametrize("code", [4000, 4001, 4008])
 def test_final_close_codes_stop_reconnecting(login: Callable[[str], User], code: int) -> None:
     alice = login("alice")
@@ -324,3 +338,44 @@ def test_keepalive_runs_in_a_worker(login: Callable[[str], User]) -> None:
     assert outcome["kind"] == "worker"
     assert outcome["pings"] >= 2
     assert outcome["after"] is None
+
+
+def test_admin_disconnect_is_final(
+    login: Callable[[str], User], server: Server, browser: Browser
+) -> None:
+    """A real 4000: the admin's disconnect action closes the socket; the client
+    says so and does not come back."""
+    server._run([sys.executable, "manage.py", "shell", "--no-imports", "-c", MAKE_ROOT])
+    alice = login("alice")
+    group = unique("Admin")
+    alice.evaluate(CLIENT, {"reconnectDelay": 50})
+    alice.evaluate(
+        "async (g) => { await t.client.connectRealtime(t.record); await t.client.joinRealtime({group: g}); }",
+        group,
+    )
+    rows = alice.evaluate("(g) => t.client.getRealtimeUsers({group: g})", group)["list"]
+    assert len(rows) == 1
+    cid = rows[0]["cid"][len("cid:") :]
+
+    context = browser.new_context()
+    try:
+        with contextlib.suppress(Exception):
+            context.grant_permissions(["local-network-access"], origin=server.url)
+        admin = context.new_page()
+        admin.goto(server.url + "/admin/login/?next=/admin/skapi_channels/connection/")
+        admin.fill("#id_username", "root")
+        admin.fill("#id_password", PASSWORD)
+        admin.click("input[type=submit]")
+        admin.check(f'input[name="_selected_action"][value="{cid}"]')
+        admin.select_option("select[name=action]", "disconnect")
+        admin.click("button[name=index]")
+        admin.locator(".messagelist", has_text="Asked 1 connection to close").wait_for()
+    finally:
+        context.close()
+
+    wait_for(alice, "() => t.events.some(e => e.type === 'error')")
+    alice.page.wait_for_timeout(600)  # several backoff steps: nothing follows
+    seen = events(alice)
+    assert [e["type"] for e in seen] == ["success", "error"]
+    assert (seen[-1]["code"], seen[-1]["close_code"]) == ("CLOSED_BY_SERVER", 4000)
+    assert alice.evaluate("() => [t.client.state, t.client.group]") == ["closed", group]
