@@ -277,11 +277,14 @@ class Run:
     async def fanout(self) -> dict[str, Any]:
         n, m, window = self.spec["n"], self.spec["messages"], self.spec.get("window", 10)
         bare_group = "fan" if self.kind == "bare" else None
-        ((sender, _),) = await self.open([0], bare_group)
+        # Senders are not receivers; with several, each keeps ``window`` in flight.
+        count = self.spec.get("senders", 1)
+        senders = [c for c, _ in await self.open(list(range(-count, 0)), bare_group)]
         receivers = await self.open(list(range(1, n + 1)), bare_group)
         t_setup = perf()
         if self.kind == "app":
-            await sender.join("fan")
+            for sender in senders:
+                await sender.join("fan")
             limit = asyncio.Semaphore(20)
 
             async def join(client: Client) -> None:
@@ -293,10 +296,12 @@ class Run:
         setup = perf() - t_setup
         if self.spec.get("ready_file"):  # lets a profiler start after the set-up
             open(self.spec["ready_file"], "w").close()  # noqa: ASYNC230 - once, tiny
-        counts = [0] * m
+        # Message k of sender j is number j * m + k.
+        counts = [0] * (m * count)
         latencies: list[float] = []
-        state = {"low": 0, "last": 0.0}
-        progress = asyncio.Event()
+        lows = [j * m for j in range(count)]
+        state = {"last": 0.0}
+        progress = [asyncio.Event() for _ in range(count)]
 
         def on_content(content: Any) -> None:
             now = perf()
@@ -304,34 +309,54 @@ class Run:
             latencies.append(now - content["t"])
             counts[seq] += 1
             state["last"] = now
-            if counts[seq] == n and seq == state["low"]:
-                while state["low"] < m and counts[state["low"]] >= n:
-                    state["low"] += 1
-                progress.set()
+            j = seq // m
+            if counts[seq] == n and seq == lows[j]:
+                while lows[j] < (j + 1) * m and counts[lows[j]] >= n:
+                    lows[j] += 1
+                progress[j].set()
 
         for client, _ in receivers:
             client.on_content = on_content
+        for client in senders:
+            client.on_content = lambda content: None
+        pids: list[int] = self.spec.get("pids", [])
+        cpu_before = [cpu_seconds(pid) for pid in pids]
         start = perf()
-        for seq in range(m):
-            while seq - state["low"] >= window:
-                progress.clear()
-                try:
-                    await asyncio.wait_for(progress.wait(), 2)
-                except TimeoutError:
-                    state["low"] += 1  # give up on the oldest: counted as lost below
-            sender.broadcast("fan", {"s": seq, "t": perf()})
-        await self._drain(lambda: sum(counts) >= n * m, state)
+
+        async def pump(j: int) -> None:
+            for seq in range(j * m, (j + 1) * m):
+                while seq - lows[j] >= window:
+                    progress[j].clear()
+                    try:
+                        await asyncio.wait_for(progress[j].wait(), 2)
+                    except TimeoutError:
+                        lows[j] += 1  # give up on the oldest: counted as lost below
+                senders[j].broadcast("fan", {"s": seq, "t": perf()})
+
+        await asyncio.gather(*(pump(j) for j in range(count)))
+        await self._drain(lambda: sum(counts) >= n * m * count, state)
         elapsed = max(state["last"], start + 1e-9) - start
+        cpu = [round(cpu_seconds(pid) - b, 2) for pid, b in zip(pids, cpu_before, strict=True)]
         delivered = sum(counts)
-        return {
+        result = {
             "n": n,
-            "messages": m,
+            "senders": count,
+            "messages": m * count,
             "setup_s": round(setup, 2),
             "deliveries": delivered,
             "deliveries_per_s": round(delivered / elapsed, 1),
-            "lost": n * m - delivered,
+            "lost": n * m * count - delivered,
             **percentiles(latencies),
         }
+        if pids and delivered:
+            # Each process delivers to its share of the receivers (round robin).
+            shares = [len(range(i, n + 1, len(self.ports))) - (i == 0) for i in range(len(pids))]
+            result["server_cpu_s"] = cpu
+            result["cpu_s_per_1000"] = [
+                round(c / (delivered * share / n / 1000), 4) if share else None
+                for c, share in zip(cpu, shares, strict=True)
+            ]
+        return result
 
     async def _drain(self, done: Callable[[], bool], state: dict[str, Any]) -> None:
         """Wait for the last deliveries: until ``done`` or 3 s without progress."""
@@ -629,6 +654,13 @@ class Run:
             "rss_after_mib": round(after / 1024, 1),
             "kib_per_connection": round((after - before) / (count - warm), 2),
         }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kib(pid: int) -> int:

@@ -121,7 +121,16 @@ def plan(p: dict[str, Any], scenarios: list[str], names: list[str]) -> list[tupl
     return items
 
 
-def params(quick: bool, n: list[int] | None) -> dict[str, Any]:
+def params(quick: bool, n: list[int] | None, args: Any = None) -> dict[str, Any]:
+    p = _params(quick, n)
+    p["senders"] = getattr(args, "senders", None) or 1
+    p["private_window"] = getattr(args, "private_window", None) or 5
+    if getattr(args, "pairs", None):
+        p["private"]["pairs"] = args.pairs
+    return p
+
+
+def _params(quick: bool, n: list[int] | None) -> dict[str, Any]:
     if quick:
         return {
             "fanout_n": n or [100],
@@ -386,15 +395,23 @@ def run_scenario(
                     **base,
                     "scenario": "fanout",
                     "ports": servers.ports,
+                    "pids": servers.pids,
                     "n": n,
-                    "messages": messages,
+                    "messages": max(20, messages // p["senders"]),
+                    "senders": p["senders"],
                     "window": 10,
                 }
             )
     if scenario == "private":
         with Servers(name, target) as servers:
             return loadgen(
-                {**base, "scenario": "private", "ports": servers.ports, **p["private"], "window": 5}
+                {
+                    **base,
+                    "scenario": "private",
+                    "ports": servers.ports,
+                    **p["private"],
+                    "window": p["private_window"],
+                }
             )
     if scenario == "churn":
         with Servers(name, target) as servers:
@@ -594,8 +611,8 @@ def tables(data: dict[str, Any]) -> str:
             "### Fan-out: 1 sender, N receivers in one group (window of 10 messages)",
             "",
             "| target | N | deliveries/s | p50 ms | p99 ms | lost | × bare | × websockets |"
-            " loadgen CPU |",
-            "|---|---|---|---|---|---|---|---|---|",
+            " loadgen CPU | server CPU s / 1,000 deliveries |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, r in res.items():
             for row in r.get("fanout") or []:
@@ -606,7 +623,8 @@ def tables(data: dict[str, Any]) -> str:
                     f"{fmt(row['p50_ms'], 1)} | {fmt(row['p99_ms'], 1)} | {row['lost']} | "
                     f"{fmt(ratio(row['deliveries_per_s'], bare and bare['deliveries_per_s']), 2)} | "
                     f"{fmt(ratio(row['deliveries_per_s'], ws and ws['deliveries_per_s']), 2)} | "
-                    f"{row.get('loadgen_cpu_share')} |"
+                    f"{row.get('loadgen_cpu_share')} | "
+                    f"{', '.join(fmt(c, 3) for c in row.get('cpu_s_per_1000') or []) or '–'} |"
                 )
         lines.append("")
     rows = [(name, r) for name, r in res.items() if {"private", "churn", "memory"} & set(r)]
@@ -722,7 +740,7 @@ def tables(data: dict[str, Any]) -> str:
             lines.append("")
     if data.get("targets"):
         lines += [
-            "### Issue 7 targets",
+            "### Targets",
             "",
             "| target | measured | goal | met |",
             "|---|---|---|---|",
@@ -807,6 +825,7 @@ def targets(res: dict[str, Any], ns: list[int]) -> list[dict[str, Any]]:
             "runs",
             None if r is None else True,
         )
+    scaleout_targets(res, n, add)
     for app in ("app/redis+pg/daphne", "app/embedded/daphne"):
         check = ((res.get(app) or {}).get("churn") or {}).get("presence_check")
         if check is not None:
@@ -852,6 +871,34 @@ def targets(res: dict[str, Any], ns: list[int]) -> list[dict[str, Any]]:
                 paced["p99_ms"] < 20,
             )
     return out
+
+
+def scaleout_targets(res: dict[str, Any], n: int, add: Any) -> None:
+    """The scale-out layer against the embedded default, and two processes against one."""
+    emb, red, two = "app/embedded/daphne", "app/redis+pg/daphne", "app/redis+pg/daphne-x2"
+    a, b = fanout_at(res, red, n), fanout_at(res, emb, n)
+    r = ratio(a and a["deliveries_per_s"], b and b["deliveries_per_s"])
+    add(f"fan-out N={n}: Redis+PG × embedded", r, "≥ 0.8", None if r is None else r >= 0.8)
+    a, b = (res.get(red) or {}).get("private"), (res.get(emb) or {}).get("private")
+    r = ratio(a and a["deliveries_per_s"], b and b["deliveries_per_s"])
+    add("private messages: Redis+PG × embedded", r, "≥ 0.7", None if r is None else r >= 0.7)
+    if a and b and b["p50_ms"] is not None and b["p50_ms"] < 100:
+        add("private p50 on Redis+PG (ms)", a["p50_ms"], "< 100", a["p50_ms"] < 100)
+    a, b = fanout_at(res, two, n), fanout_at(res, red, n)
+    r = ratio(a and a["deliveries_per_s"], b and b["deliveries_per_s"])
+    add(f"fan-out N={n}: 2 processes × 1 (Redis+PG)", r, "≥ 0.9", None if r is None else r >= 0.9)
+    base = fanout_at(res, emb, n)
+    for name in (red, two):
+        row = fanout_at(res, name, n)
+        if row and base and row.get("cpu_s_per_1000") and base.get("cpu_s_per_1000"):
+            worst = max(c for c in row["cpu_s_per_1000"] if c is not None)
+            r = ratio(worst, base["cpu_s_per_1000"][0])
+            add(
+                f"fan-out N={n}: CPU s per 1,000 deliveries, {name} (worst process) × embedded",
+                r,
+                "≤ 1.25",
+                None if r is None else r <= 1.25,
+            )
 
 
 def chart(data: dict[str, Any], path: Path) -> None:
@@ -929,6 +976,9 @@ def main() -> int:
         "--target", action="append", choices=list(TARGETS), help="run only this target (repeatable)"
     )
     parser.add_argument("--n", type=int, action="append", help="fan-out receivers (repeatable)")
+    parser.add_argument("--senders", type=int, help="fan-out senders, each 10 in flight (1)")
+    parser.add_argument("--pairs", type=int, help="private-message pairs (50; quick 10)")
+    parser.add_argument("--private-window", type=int, help="private messages in flight a pair (5)")
     parser.add_argument(
         "--budget",
         type=float,
@@ -939,7 +989,7 @@ def main() -> int:
         "--out", type=Path, default=BENCH / "results", help="where latest.json/png and README.md go"
     )
     args = parser.parse_args()
-    p = params(args.quick, args.n)
+    p = params(args.quick, args.n, args)
     if args.budget is None:
         args.budget = 150 if args.quick else 2100
     scenarios = args.scenario or list(SCENARIOS)

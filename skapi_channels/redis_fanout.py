@@ -174,9 +174,13 @@ class _Subscriber:
                 await connection.read_response()
                 epoch = await self.layer.epoch()
                 if self.epoch is not None and epoch != self.epoch:
-                    # Redis lost its data: the counters restarted from zero.
-                    for name in self.last:
+                    # Redis lost its data: the counters restarted from zero, and every
+                    # message of the new numbering is owed to the members here (those
+                    # who joined while Redis was down too).
+                    for name in self.wanted:
                         self.last[name] = 0
+                    for name, pending in self.confirming.items():
+                        self.confirming[name] = deque((f, False) for f, _ in pending)
                 self.epoch = epoch
                 self.connection = connection
                 reconnected = down_since is not None
@@ -367,13 +371,22 @@ class RedisFanoutLayer(LocalChannelLayer):
 
     # Connections, one set per event loop.
 
-    def _ensure(self) -> _Subscriber:
+    def _client(self) -> asyncio.AbstractEventLoop:
+        """Connections for commands, made in the running event loop. Sending needs
+        no subscription: a process that only sends (a management command, a worker
+        calling ``skapi_channels.api``) starts none."""
         loop = asyncio.get_running_loop()
-        if self._loop is not loop or self._subscriber is None:
+        if self._loop is not loop:
             self._loop = loop
+            self._subscriber = None  # it belonged to a loop that is gone
             self.pool = create_pool(self.host)
             self.redis = aioredis.Redis(connection_pool=self.pool)
             self._script = self.redis.register_script(PUBLISH_LUA)
+        return loop
+
+    def _ensure(self) -> _Subscriber:
+        loop = self._client()
+        if self._subscriber is None:
             self._subscriber = _Subscriber(self, loop)
             self._subscriber.subscribe(self.inbox)
             for group in self.groups:
@@ -410,7 +423,7 @@ class RedisFanoutLayer(LocalChannelLayer):
     def missed_on(self, name: bytes, count: int) -> None:
         if name == self.inbox:
             # Which channels they were for is unknown: counted and logged only.
-            self._count_drops(count)
+            self._count_drops(count, "not_received")
         else:
             self.tell_missed(name[len(self._group_prefix) :].decode(), count)
 
@@ -435,7 +448,7 @@ class RedisFanoutLayer(LocalChannelLayer):
             await super().send(channel, message)
             return
         process = channel.partition("!")[0].rpartition(".")[2]
-        self._ensure()
+        self._client()
         await self._publish(f"{self.prefix}:p:{process}".encode(), {**message, TO: channel})
 
     async def receive(self, channel: str) -> dict[str, Any]:
@@ -472,7 +485,7 @@ class RedisFanoutLayer(LocalChannelLayer):
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         assert isinstance(message, dict), "Message is not a dict"
         self.require_valid_group_name(group)
-        self._ensure()
+        self._client()
         await self._publish(self.channel_key(group), message)
 
     async def _publish(self, name: bytes, message: dict[str, Any]) -> None:
@@ -486,7 +499,7 @@ class RedisFanoutLayer(LocalChannelLayer):
             except REDIS_DOWN as error:
                 if time.monotonic() + delay > deadline:
                     logger.warning("Redis unreachable: a message was not sent (%s)", error)
-                    self._count_drops(1)
+                    self._count_drops(1, "redis_down")
                     self.unsent[name] += 1
                     if self._telling is None or self._telling.done():
                         self._telling = asyncio.get_running_loop().create_task(self._tell_unsent())
@@ -532,7 +545,7 @@ class RedisFanoutLayer(LocalChannelLayer):
         ``after``, oldest first. A different epoch than a client saw means the
         numbering restarted (Redis lost it, or the group was idle past
         ``group_expiry``)."""
-        self._ensure()
+        self._client()
         name = self.channel_key(group)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hget(self.counter_key(name), "e")
@@ -549,7 +562,7 @@ class RedisFanoutLayer(LocalChannelLayer):
 
     async def flush(self) -> None:
         await super().flush()
-        self._ensure()
+        self._client()
         async for key in self.redis.scan_iter(match=f"{self.prefix}:*", count=1000):
             await self.redis.delete(key)
 

@@ -1,4 +1,5 @@
-"""This server process: its presence row, heartbeat, reaper and counters.
+"""This server process: its presence row, heartbeat, reaper and counters (its
+channel-layer resync lives in layer_resync.py, the shutdown hook in shutdown.py).
 
 Started by the first connection in an event loop (ASGI servers such as daphne have
 no startup hook), stopped on shutdown. The reaper runs in every process; any live
@@ -14,31 +15,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import os
 import random
 import secrets
 import socket
-import sys
 import time
 from collections import Counter, deque
 from typing import Any, Protocol
 
-from asgiref.sync import ThreadSensitiveContext
 from channels.layers import get_channel_layer
 from django.utils import timezone
 
 from skapi_channels import metrics, presence, signals
-from skapi_channels.addressing import group_address, user_address
+from skapi_channels.addressing import group_address
 from skapi_channels.conf import conf
-from skapi_channels.layer_abilities import LosesGroups
+from skapi_channels.layer_resync import LayerResync
 from skapi_channels.protocol import (
     CLOSE_SERVER_RESTART,
     USER_DISCONNECTED,
     frame_event,
     notice_frame,
 )
+from skapi_channels.shutdown import hook_daphne_shutdown
 
 logger = logging.getLogger("skapi_channels")
 
@@ -71,7 +70,7 @@ class ServerRuntime:
         self._starting: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._shutdown_hooked = False
-        self._recheck: asyncio.Task[None] | None = None
+        self.resync = LayerResync(self.connections, self.counters)
         self.retired = False
 
     async def ensure_started(self) -> None:
@@ -93,43 +92,11 @@ class ServerRuntime:
     async def _start(self) -> None:
         await presence.aregister_server(self.id, self.host, self.pid, self.started_at)
         self.retired = False
-        layer = get_channel_layer()
-        if isinstance(layer, LosesGroups):
-            layer.skapi_on_reconnect = self._layer_reconnected
-        try:
-            await self._check_layer()  # records the layer's epochs before any group_add
-        except Exception as error:
-            logger.warning("Channel layer check failed (%s); next heartbeat retries", error)
+        await self.resync.start()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._heartbeats()), loop.create_task(self._reaps())]
-        self._hook_shutdown()
-
-    def _hook_shutdown(self) -> None:
-        """Retire on a graceful shutdown of daphne (its Twisted reactor awaits the
-        Deferred of a "before shutdown" trigger, and fires the triggers on SIGTERM
-        and SIGINT)."""
-        if self._shutdown_hooked or "twisted.internet.reactor" not in sys.modules:
-            return
-        from twisted.internet import reactor
-        from twisted.internet.defer import Deferred
-
-        if not reactor.running:
-            return
-
-        async def retire_alone() -> None:
-            # A context of its own: the trigger runs outside any consumer, where
-            # asgiref's shared single-thread executor may be taken ("would deadlock").
-            async with ThreadSensitiveContext():
-                await self.retire()
-
-        def on_shutdown() -> Deferred[None]:
-            loop = asyncio.get_event_loop()
-            task = loop.create_task(retire_alone(), context=contextvars.Context())
-            return Deferred.fromFuture(task)
-
-        # zope interfaces declare methods without self, which misleads mypy.
-        reactor.addSystemEventTrigger("before", "shutdown", on_shutdown)  # type: ignore[arg-type]
-        self._shutdown_hooked = True
+        if not self._shutdown_hooked:
+            self._shutdown_hooked = hook_daphne_shutdown(self.retire)
 
     async def retire(self) -> list[presence.Departure]:
         """Leave the deployment: stop the timers, remove this process's rows (its
@@ -157,9 +124,9 @@ class ServerRuntime:
     async def stop(self) -> None:
         """Stop the timers (the process row stays until ``retire``)."""
         tasks, self._tasks = self._tasks, []
-        if self._recheck is not None:
-            tasks.append(self._recheck)
-            self._recheck = None
+        recheck = self.resync.stop()
+        if recheck is not None:
+            tasks.append(recheck)
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -191,41 +158,7 @@ class ServerRuntime:
                     await self._resurrect()
             except Exception:
                 logger.exception("Heartbeat of server process %s failed", self.id)
-            try:
-                await self._check_layer()
-            except Exception as error:
-                logger.warning("Channel layer check failed (%s); next heartbeat retries", error)
-
-    def _layer_reconnected(self) -> None:
-        """Redis answers again: check at once whether it lost the groups, so few
-        messages go to groups that lack their members."""
-        if self._loop is None or (self._recheck is not None and not self._recheck.done()):
-            return
-        self._recheck = self._loop.create_task(self._recheck_layer())
-
-    async def _recheck_layer(self) -> None:
-        try:
-            await self._check_layer()
-        except Exception as error:
-            logger.warning("Channel layer check failed (%s); next heartbeat retries", error)
-
-    async def _check_layer(self) -> None:
-        """Put the local connections back in their layer groups when the layer lost
-        them (Redis restarted without persistence, or a group change was given up
-        during an outage)."""
-        layer = get_channel_layer()
-        if not isinstance(layer, LosesGroups) or not await layer.state_lost():
-            return
-        logger.warning(
-            "Adding %d connections to their channel-layer groups again (the layer lost "
-            "its state, or its groups are due for a refresh)",
-            len(self.connections),
-        )
-        self.counters["layer_resyncs"] += 1
-        for local in list(self.connections):
-            await layer.group_add(user_address(local.user_id), local.channel_name)
-            if local.group is not None:
-                await layer.group_add(group_address(local.group), local.channel_name)
+            await self.resync.check_quietly()
 
     async def _resurrect(self) -> None:
         """Our row was reaped while we lived (a long stall): the tables no longer

@@ -1,8 +1,12 @@
 """Soak test: a real daphne process under steady traffic and churn, on loopback.
 
     python tests/soak/soak.py --seconds 180 --connections 200
+    DATABASE_URL=postgres://… REDIS_URL=redis://… python tests/soak/soak.py --processes 2
+    … --processes 2 --restart-redis-at 60   # a private redis-server, restarted empty
 
-Starts daphne on 127.0.0.1 (a free port) with a temporary SQLite database, opens
+Starts daphne on 127.0.0.1 (a free port) with a temporary SQLite database (with
+``--processes``: that many daphne processes on a fresh PostgreSQL database named by
+``DATABASE_URL``'s server and on Redis, clients spread over them), opens
 ``--connections`` sockets for at least 20 users spread over 20 groups, and for
 ``--seconds`` keeps every connection busy: group broadcasts and private messages
 carrying per-sender sequence numbers, random joins, leaves and
@@ -15,6 +19,11 @@ disconnect/reconnects. Then it checks:
 - the presence counters equal a fresh count of the rows, the rows equal the
   clients' own view, and no row is left after every client closed;
 - the server's RSS, sampled every second, did not keep growing.
+
+With ``--restart-redis-at`` the Redis the processes share is stopped that many
+seconds into the traffic and started empty a second later: every delivery lost
+with it must be told (``lost`` stays 0; ``missing_before_told`` and
+``missed_notified`` show how many were lost and how many were told).
 
 It prints its figures and exits 1 on any loss, duplicate, disorder, unexpected
 error or presence mismatch. Every loop is bounded; the server is killed at the end.
@@ -44,6 +53,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from tests.live_server import RedisServer  # noqa: E402
+
 GROUPS = 20
 MAX_PER_USER = 10  # the server's default MAX_CONNECTIONS_PER_USER
 PER_USER = 5  # connections per user we open: headroom for reconnect races
@@ -347,9 +360,14 @@ class Conn:
 
 
 class Server:
-    def __init__(self, workdir: Path) -> None:
+    """One daphne process; ``database`` and ``redis_url`` select the scale-out set-up."""
+
+    def __init__(
+        self, workdir: Path, index: int = 0, database: str | None = None, redis_url: str = ""
+    ) -> None:
         self.workdir = workdir
         self.port = free_port()
+        self.database = database
         self.env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "project.settings",
@@ -361,8 +379,12 @@ class Server:
         }
         for name in ("DATABASE_URL", "REDIS_URL"):
             self.env.pop(name, None)
+        if database is not None:
+            self.env.update(
+                DATABASE_URL=database, REDIS_URL=redis_url, CHANNEL_LAYER_PREFIX=workdir.name
+            )
         self.process: subprocess.Popen[bytes] | None = None
-        self.log = open(workdir / "daphne.log", "wb")  # noqa: SIM115 (closed by stop)
+        self.log = open(workdir / f"daphne-{index}.log", "wb")  # noqa: SIM115 (closed by stop)
 
     def prepare(self, users: int) -> list[tuple[str, str]]:
         subprocess.run(
@@ -403,8 +425,37 @@ class Server:
         self.log.close()
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
+        if self.database is not None:
+            import psycopg
+
+            with psycopg.connect(postgresql(self.database), autocommit=True) as db:
+                return list(db.execute(sql).fetchall())  # type: ignore[arg-type]
         with sqlite3.connect(self.workdir / "soak.sqlite3", timeout=20) as db:
             return list(db.execute(sql))
+
+
+def postgresql(url: str) -> str:
+    return url.replace("postgres://", "postgresql://", 1)
+
+
+def fresh_database(server_url: str) -> tuple[str, Any]:
+    """A new PostgreSQL database on the server of ``server_url``, and its dropper."""
+    import secrets
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg
+
+    name = "skapi_soak_" + secrets.token_hex(4)
+    with psycopg.connect(postgresql(server_url), autocommit=True) as db:
+        db.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+    parts = urlsplit(server_url)
+    url = urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+    def drop() -> None:
+        with psycopg.connect(postgresql(server_url), autocommit=True) as db:
+            db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+
+    return url, drop
 
 
 def presence_problems(server: Server, clients: list[Conn]) -> list[str]:
@@ -458,7 +509,7 @@ def verify(stats: Stats) -> dict[str, int]:
     after the ack; they are part of ``lost``."""
     figures = dict.fromkeys(
         ["owed", "delivered", "lost", "lost_by_leavers", "duplicates", "out_of_order",
-         "missed_notified", "unsent"],
+         "missed_notified", "unsent", "missing_before_told"],
         0,
     )  # fmt: skip
     by_group: dict[str, list[tuple[Incarnation, float, float]]] = defaultdict(list)
@@ -503,6 +554,7 @@ def verify(stats: Stats) -> dict[str, int]:
         figures["missed_notified"] += inc.missed
         if inc.closed_4009:
             lost_here = leaving = 0  # told: closed for falling too far behind
+        figures["missing_before_told"] += lost_here
         figures["lost"] += max(0, lost_here - inc.missed)
         figures["lost_by_leavers"] += max(0, leaving - inc.missed)
     for example in examples:
@@ -510,22 +562,42 @@ def verify(stats: Stats) -> dict[str, int]:
     return figures
 
 
-async def drive(args: argparse.Namespace, server: Server, sessions: list[tuple[str, str]]) -> int:
+async def drive(
+    args: argparse.Namespace,
+    servers: list[Server],
+    sessions: list[tuple[str, str]],
+    redis: RedisServer | None = None,
+) -> int:
     stats = Stats()
-    url = f"ws://127.0.0.1:{server.port}/ws/realtime/"
+    server = servers[0]
     clients = [
-        Conn(slot, *sessions[slot % len(sessions)], url, stats) for slot in range(args.connections)
+        Conn(
+            slot,
+            *sessions[slot % len(sessions)],
+            f"ws://127.0.0.1:{servers[slot % len(servers)].port}/ws/realtime/",
+            stats,
+        )
+        for slot in range(args.connections)
     ]
     users = [user_id for user_id, _ in sessions]
-    assert server.process is not None
+    pids = [s.process.pid for s in servers if s.process is not None]
     rss: list[tuple[float, int]] = []
 
     async def sample_rss() -> None:
         while True:
-            value = rss_kib(server.process.pid)  # type: ignore[union-attr]
-            if value is not None:
-                rss.append((time.monotonic(), value))
+            values = [rss_kib(pid) for pid in pids]
+            if None not in values:
+                rss.append((time.monotonic(), sum(v for v in values if v is not None)))
             await asyncio.sleep(1)
+
+    async def restart_redis() -> None:
+        assert redis is not None
+        await asyncio.sleep(args.restart_redis_at)
+        print("stopping Redis", flush=True)
+        await asyncio.to_thread(redis.stop)
+        await asyncio.sleep(1)
+        await asyncio.to_thread(redis.start)
+        print("Redis started again, empty", flush=True)
 
     sampler = asyncio.create_task(sample_rss())
     started = time.monotonic()
@@ -533,14 +605,17 @@ async def drive(args: argparse.Namespace, server: Server, sessions: list[tuple[s
         await asyncio.gather(*(c.open(time.monotonic() + 30) for c in clients[start : start + 20]))
     await asyncio.gather(*(c.join(f"group-{c.slot % GROUPS}") for c in clients))
     print(f"opened {len(clients)} connections in {time.monotonic() - started:.1f} s", flush=True)
-    cpu_before = cpu_seconds(server.process.pid)
+    cpu_before = sum(cpu_seconds(pid) for pid in pids)
     stop_at = time.monotonic() + args.seconds
     interval = 1.0 / args.rate
+    restarter = asyncio.create_task(restart_redis()) if redis is not None else None
     results = await asyncio.wait_for(
         asyncio.gather(*(c.run(stop_at, users, interval) for c in clients), return_exceptions=True),
         args.seconds + 120,
     )
-    server_cpu = (cpu_seconds(server.process.pid) - cpu_before) / args.seconds
+    if restarter is not None:
+        await restarter
+    server_cpu = (sum(cpu_seconds(pid) for pid in pids) - cpu_before) / args.seconds
     for result in results:
         if isinstance(result, BaseException):
             stats.errors.append(f"client failed: {result!r}")
@@ -583,6 +658,9 @@ async def drive(args: argparse.Namespace, server: Server, sessions: list[tuple[s
         json.dumps(
             {
                 "seconds": args.seconds,
+                "processes": len(servers),
+                "backend": "postgresql+redis" if server.database else "sqlite+in-process",
+                "redis_restarted_at": args.restart_redis_at,
                 "connections": args.connections,
                 "users": len(sessions),
                 "groups": GROUPS,
@@ -637,7 +715,24 @@ def main() -> int:
         help="actions (mostly messages) per connection per second",
     )
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=0,
+        help="daphne processes on PostgreSQL (DATABASE_URL) and Redis (REDIS_URL); "
+        "0: one process, embedded",
+    )
+    parser.add_argument(
+        "--restart-redis-at",
+        type=float,
+        default=None,
+        help="seconds into the traffic to restart a private redis-server (with --processes)",
+    )
     args = parser.parse_args()
+    if args.processes and not (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL")):
+        parser.error("--processes needs DATABASE_URL (PostgreSQL) and REDIS_URL")
+    if args.restart_redis_at is not None and not args.processes:
+        parser.error("--restart-redis-at needs --processes")
     random.seed(args.seed)
     users = args.users or max(20, -(-args.connections // PER_USER))
     if args.connections > users * MAX_PER_USER:
@@ -645,13 +740,30 @@ def main() -> int:
             f"{args.connections} connections need at least {args.connections // MAX_PER_USER} users"
         )
     workdir = Path(tempfile.mkdtemp(prefix="skapi-soak-"))
-    server = Server(workdir)
+    redis: RedisServer | None = None
+    drop = None
+    if args.processes:
+        database, drop = fresh_database(os.environ["DATABASE_URL"])
+        redis_url = os.environ["REDIS_URL"]
+        if args.restart_redis_at is not None:
+            redis = RedisServer(workdir)
+            redis.start()
+            redis_url = redis.url
+        servers = [Server(workdir, i, database, redis_url) for i in range(args.processes)]
+    else:
+        servers = [Server(workdir)]
     try:
-        sessions = server.prepare(users)
-        server.start()
-        return asyncio.run(drive(args, server, sessions))
+        sessions = servers[0].prepare(users)
+        for server in servers:
+            server.start()
+        return asyncio.run(drive(args, servers, sessions, redis))
     finally:
-        server.stop()
+        for server in servers:
+            server.stop()
+        if redis is not None:
+            redis.stop()
+        if drop is not None:
+            drop()
         if os.environ.get("SOAK_KEEP"):
             print("kept", workdir)
         else:
