@@ -379,3 +379,39 @@ def test_admin_disconnect_is_final(
     assert [e["type"] for e in seen] == ["success", "error"]
     assert (seen[-1]["code"], seen[-1]["close_code"]) == ("CLOSED_BY_SERVER", 4000)
     assert alice.evaluate("() => [t.client.state, t.client.group]") == ["closed", group]
+
+
+CSP_PAGE = """<!doctype html><meta charset="utf-8"><title>CSP</title>
+<script src="/static/skapi_channels/skapi-realtime.js"></script>"""
+
+
+def test_keepalive_falls_back_to_a_timer_under_csp(
+    login: Callable[[str], User], server: Server
+) -> None:
+    alice = login("alice")
+    page = alice.context.new_page()
+    page.route(
+        server.url + "/csp-page/",
+        lambda route: route.fulfill(
+            status=200,
+            content_type="text/html",
+            headers={"Content-Security-Policy": "worker-src 'none'"},
+            body=CSP_PAGE,
+        ),
+    )
+    page.goto(server.url + "/csp-page/")
+    outcome = page.evaluate(
+        """async () => {
+            const client = new SkapiRealtime({ keepAlive: 100 });
+            const socket = await client.connectRealtime(() => {});
+            const send = socket.send.bind(socket);
+            let pings = 0;
+            socket.send = text => { if (text.includes('keepAlive')) pings++; send(text); };
+            await new Promise(r => setTimeout(r, 800));
+            const kind = client._keepAlive && client._keepAlive.kind;
+            await client.closeRealtime();
+            return { kind, pings };
+        }"""
+    )
+    assert outcome["kind"] == "timer"
+    assert outcome["pings"] >= 2
