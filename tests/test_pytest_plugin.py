@@ -60,3 +60,16 @@ async def test_refused_handshakes(realtime):
     alice = await realtime.user("alice", is_active=False)
     client = await realtime.connect(alice, accept=False)
     assert client.closed
+
+
+def test_the_package_registers_the_plugin_with_pytest():
+    """Installed, the package's pytest11 entry point loads the plugin by the name
+    that ``pytest_plugins`` uses here, so the two never register it twice."""
+    import importlib
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    [(name, target)] = pyproject["project"]["entry-points"]["pytest11"].items()
+    assert name == target == "skapi_channels.pytest_plugin"
+    assert hasattr(importlib.import_module(target), "realtime")

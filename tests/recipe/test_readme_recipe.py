@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -146,7 +147,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Any:
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_serving(url + "/accounts/login/", server, log_path)
-        yield url
+        yield SimpleNamespace(url=url, project=project, env=env)
     finally:
         server.terminate()
         try:
@@ -169,7 +170,8 @@ def wait_until_serving(url: str, server: subprocess.Popen[bytes], log: Path) -> 
     raise AssertionError(f"daphne did not answer:\n{log.read_text(errors='replace')}")
 
 
-def test_a_fresh_project_set_up_from_the_readme_chats(site: str) -> None:
+def test_a_fresh_project_set_up_from_the_readme_chats(site: Any) -> None:
+    url = site.url
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -178,15 +180,15 @@ def test_a_fresh_project_set_up_from_the_readme_chats(site: str) -> None:
             for name in USERS:
                 context = browser.new_context()
                 with contextlib.suppress(Exception):  # Chromium 156+: loopback sockets
-                    context.grant_permissions(["local-network-access"], origin=site)
+                    context.grant_permissions(["local-network-access"], origin=url)
                 context.set_default_timeout(15_000)
                 page = context.new_page()
                 page.on("pageerror", lambda error: errors.append(str(error)))
-                page.goto(site + "/chat/")  # login_required: to the login page and back
+                page.goto(url + "/chat/")  # login_required: to the login page and back
                 page.fill("#id_username", name)
                 page.fill("#id_password", PASSWORD)
                 page.click("button")
-                page.wait_for_url(site + "/chat/")
+                page.wait_for_url(url + "/chat/")
                 page.locator("#status", has_text="in HelloWorld").wait_for()
                 pages[name] = page
             alice, bob = pages["alice"], pages["bob"]
@@ -210,3 +212,34 @@ def test_a_fresh_project_set_up_from_the_readme_chats(site: str) -> None:
             assert errors == []
         finally:
             browser.close()
+
+
+PROJECT_TEST = """
+async def test_a_room(realtime):
+    alice, bob = await realtime.connect_users("alice", "bob")
+    await alice.join("lobby")
+    await bob.join("lobby")
+    await alice.post("hi", "lobby")
+    await bob.expect_message("hi", sender=alice.user_id)
+    assert await realtime.list_users("lobby") == sorted([alice.user_id, bob.user_id])
+"""
+
+
+def test_the_installed_package_gives_the_project_its_pytest_fixture(site: Any) -> None:
+    """The wheel's pytest11 entry point: the project's own tests get ``realtime``
+    with no configuration beyond docs/testing.md's (a file-backed test database)."""
+    tests = site.project / "realtime_tests"
+    tests.mkdir()
+    (tests / "settings.py").write_text(
+        "from mysite.settings import *  # noqa\n"
+        "DATABASES['default']['TEST'] = {'NAME': str(BASE_DIR / 'test-db.sqlite3')}\n"
+    )
+    (tests / "test_room.py").write_text(PROJECT_TEST)
+    (tests / "__init__.py").write_text("")
+    output = run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "--ds", "realtime_tests.settings", "-o", "asyncio_mode=auto",
+         "-o", "asyncio_default_fixture_loop_scope=function", "realtime_tests"],
+        site.project, {**site.env, "PYTEST_ADDOPTS": ""},
+    )
+    assert "1 passed" in output, output
