@@ -316,6 +316,19 @@ def test_resume_after_giving_up(login: Callable[[str], User]) -> None:
     wait_for(bob, "() => t.events.some(e => e.type === 'message' && e.message === 'resumed')")
     got = [e for e in events(bob) if e["type"] == "message"][-1]
     assert got["sender_rid"] == group
+    # Once more, resumed by the tab becoming visible, as skapi-js does.
+    alice.evaluate(
+        "() => { t.client._socketUrl = () => Promise.resolve('ws://127.0.0.1:9/'); t.client._socket.close(3000); }"
+    )
+    wait_for(alice, "() => t.client.state === 'closed'")
+    alice.evaluate(
+        "() => { delete t.client._socketUrl; document.dispatchEvent(new Event('visibilitychange')); }"
+    )
+    wait_for(
+        alice,
+        "() => t.client.state === 'open' && t.events.filter(e => e.type === 'success').length === 3",
+    )
+    assert alice.evaluate("() => t.client.group") == group
     for user in (alice, bob):
         user.evaluate("() => t.client.closeRealtime()")
 
