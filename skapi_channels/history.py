@@ -65,6 +65,25 @@ class HistoryLayer(Protocol):
     ) -> Slice: ...
 
 
+def slice_of(
+    epoch: str,
+    latest: int,
+    kept: list[tuple[int, str]],
+    since: int | None = None,
+    last: int | None = None,
+) -> Slice:
+    """The answer to a read of a stream at ``latest`` under ``epoch`` that keeps
+    ``kept`` (its unexpired messages, oldest first)."""
+    if last is not None:
+        return Slice(epoch, latest, kept[max(len(kept) - last, 0) :] if last > 0 else [])
+    if since is None or since == latest:
+        return Slice(epoch, latest)
+    oldest = kept[0][0] if kept else latest + 1
+    if since > latest or since + 1 < oldest:
+        return Slice(epoch, latest, [], complete=False)
+    return Slice(epoch, latest, [(offset, text) for offset, text in kept if offset > since])
+
+
 def retention() -> tuple[int, float]:
     """(messages kept per stream, seconds each is kept); (0, 0) when history is off."""
     size, ttl = conf.HISTORY_SIZE, conf.HISTORY_TTL

@@ -35,7 +35,7 @@ from typing import Any
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
 
-from skapi_channels.history import Slice, retention
+from skapi_channels.history import Slice, retention, slice_of
 from skapi_channels.metrics import drops
 from skapi_channels.protocol import EPOCH, EVENT_MISSED, KEEP, OFFSET
 
@@ -251,18 +251,8 @@ class LocalChannelLayer(BaseChannelLayer):
             self._sweep(now, ttl)
         stream = self._stream(group, now)
         self._expire(stream, now - ttl)
-        kept = stream.kept
-        if last is not None:
-            start = max(len(kept) - last, 0)
-            frames = [(offset, text) for offset, _, text in list(kept)[start:]] if last > 0 else []
-            return Slice(stream.epoch, stream.latest, frames)
-        if since is None or since == stream.latest:
-            return Slice(stream.epoch, stream.latest)
-        oldest = kept[0][0] if kept else stream.latest + 1
-        if since > stream.latest or since + 1 < oldest:
-            return Slice(stream.epoch, stream.latest, [], complete=False)
-        frames = [(offset, text) for offset, _, text in kept if offset > since]
-        return Slice(stream.epoch, stream.latest, frames)
+        kept = [(offset, text) for offset, _, text in stream.kept]
+        return slice_of(stream.epoch, stream.latest, kept, since, last)
 
     def history_stats(self) -> dict[str, int]:
         """Streams known, messages kept and the characters of their frames."""

@@ -37,9 +37,10 @@ A channel name carries its process (``specific.<process>!<token>``): ``send`` to
 channel of this process is queued directly, to another process it is published on
 that process's own subscription channel.
 
-Redis operations per group message: one EVALSHA running HINCRBY + EXPIRE + PUBLISH,
-whatever the group's size; Redis then writes the message once to each subscribed
-process. One Redis server (or a Sentinel-managed master, through channels-redis's
+Redis operations per group message: one EVALSHA running HINCRBY + EXPIRE + PUBLISH
+(and, for a message kept in history, HINCRBY + RPUSH + LTRIM + EXPIRE of the
+stream's history in the same script), whatever the group's size; Redis then writes
+the message once to each subscribed process. One Redis server (or a Sentinel-managed master, through channels-redis's
 host options); see docs/deployment.md.
 """
 
@@ -59,33 +60,46 @@ from channels_redis.utils import create_pool, decode_hosts
 from django.core.exceptions import ImproperlyConfigured
 from redis import asyncio as aioredis
 
+from skapi_channels.history import Slice, retention, slice_of
 from skapi_channels.layers import REDIS_DOWN
 from skapi_channels.local_layer import LocalChannelLayer
+from skapi_channels.protocol import EPOCH, KEEP, OFFSET
 
 logger = logging.getLogger("skapi_channels")
 
-# KEYS: the group's counter (a hash: "n" the sequence number, "e" the epoch of the
-# numbering), its Redis channel, and optionally its history (a list).
+# KEYS: the group's counter (a hash: "n" the sequence number of everything
+# published, "e" the epoch, "o" the offset of its kept messages, PROTOCOL 11), its
+# Redis channel, and its history (a list of "<offset>:<time>:<payload>").
 # ARGV: payload (empty: a gap marker, no message), counter expiry (s), increment (1,
 # or the number of messages a gap marker stands for), a new epoch (used when the
-# counter starts), history size (0: none), history expiry (s).
-# Returns {sequence number, epoch}.
+# hash starts), history size (0: not kept), history expiry (s), the time (s).
+# Publishes "<seq>:<offset>/<epoch>:<payload>" ("<seq>::<payload>" when not kept).
+# Returns the sequence number.
 PUBLISH_LUA = """
 local seq = redis.call('HINCRBY', KEYS[1], 'n', ARGV[3])
-local epoch
-if seq == tonumber(ARGV[3]) then
-    redis.call('HSET', KEYS[1], 'e', ARGV[4])
-    epoch = ARGV[4]
-end
+redis.call('HSETNX', KEYS[1], 'e', ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 local size = tonumber(ARGV[5])
+local mark = ''
 if size > 0 and ARGV[1] ~= '' then
-    redis.call('RPUSH', KEYS[3], seq .. ':' .. ARGV[1])
+    local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
+    redis.call('RPUSH', KEYS[3], offset .. ':' .. ARGV[7] .. ':' .. ARGV[1])
     redis.call('LTRIM', KEYS[3], -size, -1)
     redis.call('EXPIRE', KEYS[3], ARGV[6])
+    mark = offset .. '/' .. redis.call('HGET', KEYS[1], 'e')
 end
-redis.call('PUBLISH', KEYS[2], seq .. ':' .. ARGV[1])
+redis.call('PUBLISH', KEYS[2], seq .. ':' .. mark .. ':' .. ARGV[1])
 return seq
+"""
+
+# Where a stream stands, and what it keeps: {epoch, latest offset, history}. Reading
+# starts the hash (its epoch) when there is none, so the next message keeps it.
+# KEYS: the counter, the history. ARGV: a new epoch, counter expiry (s).
+HISTORY_LUA = """
+redis.call('HSETNX', KEYS[1], 'e', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+local state = redis.call('HMGET', KEYS[1], 'e', 'o')
+return {state[1], state[2] or '0', redis.call('LRANGE', KEYS[2], 0, -1)}
 """
 
 # Marks the Redis data set, so that a process notices a restart that lost it.
@@ -285,7 +299,8 @@ class _Subscriber:
     def _message(self, name: bytes, data: bytes) -> None:
         if name not in self.wanted:
             return  # unsubscribed while the message was on its way
-        head, _, payload = data.partition(b":")
+        head, _, rest = data.partition(b":")
+        mark, _, payload = rest.partition(b":")
         seq = int(head)
         last = self.last.get(name)
         if last is None:
@@ -298,7 +313,7 @@ class _Subscriber:
         if missed > 0:
             self.layer.missed_on(name, missed)
         if payload:
-            self.layer.arrived(name, payload)
+            self.layer.arrived(name, payload, mark)
 
 
 class RedisFanoutLayer(LocalChannelLayer):
@@ -310,13 +325,16 @@ class RedisFanoutLayer(LocalChannelLayer):
     ``group_expiry`` (how long an idle group's counter lives), ``retry_for``
     (seconds a send or a group change waits for an unreachable Redis, default 5),
     ``serializer_format`` and ``symmetric_encryption_keys`` (channels-redis's
-    serializers, msgpack by default), ``history_size`` and ``history_expiry``
-    (messages kept per group in Redis for recovery; 0, the default, keeps none).
+    serializers, msgpack by default).
+
+    It keeps the history of the streams (``history.HistoryLayer``) in Redis, next
+    to the counter, in the publishing script: a kept message gets its offset and
+    is stored and published in one round trip, so every process delivers and
+    replays the same offsets. The retention is ``HISTORY_SIZE`` / ``HISTORY_TTL``.
     """
 
     extensions = ["groups", "flush"]
-    # The in-process history of the embedded layer is not this layer's.
-    keeps_history = False
+    keeps_history = True
 
     def __init__(
         self,
@@ -329,8 +347,6 @@ class RedisFanoutLayer(LocalChannelLayer):
         retry_for: float = 5.0,
         serializer_format: str = "msgpack",
         symmetric_encryption_keys: Iterable[str] | None = None,
-        history_size: int = 0,
-        history_expiry: int = 3600,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -350,8 +366,6 @@ class RedisFanoutLayer(LocalChannelLayer):
         self.prefix = prefix
         self.group_expiry = group_expiry
         self.retry_for = retry_for
-        self.history_size = history_size
-        self.history_expiry = history_expiry
         self.serializer = registry.get_serializer(
             serializer_format, symmetric_encryption_keys=symmetric_encryption_keys
         )
@@ -364,6 +378,7 @@ class RedisFanoutLayer(LocalChannelLayer):
         self.pool: Any = None
         self.redis: Any = None
         self._script: Any = None
+        self._history_script: Any = None
         # Sends given up while Redis was down, per Redis channel: published later as
         # gap markers so their receivers are told.
         self.unsent: Counter[bytes] = Counter()
@@ -382,6 +397,7 @@ class RedisFanoutLayer(LocalChannelLayer):
             self.pool = create_pool(self.host)
             self.redis = aioredis.Redis(connection_pool=self.pool)
             self._script = self.redis.register_script(PUBLISH_LUA)
+            self._history_script = self.redis.register_script(HISTORY_LUA)
         return loop
 
     def _ensure(self) -> _Subscriber:
@@ -410,8 +426,11 @@ class RedisFanoutLayer(LocalChannelLayer):
 
     # Messages in.
 
-    def arrived(self, name: bytes, payload: bytes) -> None:
+    def arrived(self, name: bytes, payload: bytes, mark: bytes = b"") -> None:
         message = self.serializer.deserialize(payload)
+        if mark:
+            offset, _, epoch = mark.partition(b"/")
+            message[OFFSET], message[EPOCH] = int(offset), epoch.decode()
         if name == self.inbox:
             target = message.pop(TO, "")
             if not self._put(target, message):
@@ -489,12 +508,13 @@ class RedisFanoutLayer(LocalChannelLayer):
         await self._publish(self.channel_key(group), message)
 
     async def _publish(self, name: bytes, message: dict[str, Any]) -> None:
+        keep = bool(message.get(KEEP))
         payload = self.serializer.serialize(message)
         deadline = time.monotonic() + self.retry_for
         delay = 0.05
         while True:
             try:
-                await self._run_script(name, payload, 1)
+                await self._run_script(name, payload, 1, keep)
                 return
             except REDIS_DOWN as error:
                 if time.monotonic() + delay > deadline:
@@ -507,16 +527,19 @@ class RedisFanoutLayer(LocalChannelLayer):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
-    async def _run_script(self, name: bytes, payload: bytes, increment: int) -> int:
-        history = self.history_size if not name.startswith(f"{self.prefix}:p:".encode()) else 0
+    async def _run_script(
+        self, name: bytes, payload: bytes, increment: int, keep: bool = False
+    ) -> int:
+        size, ttl = retention() if keep else (0, 0.0)
         keys = [self.counter_key(name), name, self.history_key(name)]
         args = [
             payload,
             self.group_expiry,
             increment,
-            secrets.token_hex(4),
-            history,
-            self.history_expiry,
+            secrets.token_hex(6),
+            size,
+            max(int(ttl + 0.999), 1),
+            repr(time.time()),
         ]
         return int(await self._script(keys=keys, args=args))
 
@@ -536,27 +559,26 @@ class RedisFanoutLayer(LocalChannelLayer):
             if self.unsent[name] <= 0:
                 del self.unsent[name]
 
-    # History (kept when ``history_size`` > 0).
+    # History (history.HistoryLayer).
 
-    async def history(
-        self, group: str, after: int = 0
-    ) -> tuple[str | None, list[tuple[int, dict[str, Any]]]]:
-        """The epoch of ``group``'s numbering and the kept messages numbered above
-        ``after``, oldest first. A different epoch than a client saw means the
-        numbering restarted (Redis lost it, or the group was idle past
-        ``group_expiry``)."""
+    async def history_read(
+        self, group: str, *, since: int | None = None, last: int | None = None
+    ) -> Slice:
         self._client()
+        _, ttl = retention()
         name = self.channel_key(group)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hget(self.counter_key(name), "e")
-        pipe.lrange(self.history_key(name), 0, -1)
-        epoch, items = await pipe.execute()
-        out = []
+        keys = [self.counter_key(name), self.history_key(name)]
+        epoch, latest, items = await self._history_script(
+            keys=keys, args=[secrets.token_hex(6), self.group_expiry]
+        )
+        oldest = time.time() - ttl
+        kept: list[tuple[int, str]] = []
         for item in items:
-            head, _, payload = item.partition(b":")
-            if int(head) > after:
-                out.append((int(head), self.serializer.deserialize(payload)))
-        return (epoch.decode() if epoch else None), out
+            offset, _, rest = item.partition(b":")
+            stamp, _, payload = rest.partition(b":")
+            if float(stamp) >= oldest:
+                kept.append((int(offset), self.serializer.deserialize(payload)["text"]))
+        return slice_of(epoch.decode(), int(latest), kept, since, last)
 
     # Flush extension, and shutdown.
 
