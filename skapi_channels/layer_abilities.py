@@ -2,13 +2,13 @@
 
 The consumer and the runtime ask ``isinstance(layer, Ability)``; a stock layer
 (channels' InMemoryChannelLayer, channels-redis's layers) has none of these and
-works without them.
+works without them. Keeping the history of the streams is ``history.HistoryLayer``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 
 @runtime_checkable
@@ -30,14 +30,3 @@ class LosesGroups(Protocol):
     skapi_on_reconnect: Callable[[], None] | None
 
     async def state_lost(self) -> bool: ...
-
-
-@runtime_checkable
-class KeepsHistory(Protocol):
-    """Keeps the recent messages of a group, numbered: ``history(group, after)``
-    returns the epoch of the numbering and the kept ``(number, message)`` pairs
-    numbered above ``after``, oldest first."""
-
-    async def history(
-        self, group: str, after: int = 0
-    ) -> tuple[str | None, list[tuple[int, dict[str, Any]]]]: ...
