@@ -26,7 +26,7 @@ connection behind them:
     recent = api.history("lobby", last=20)  # the messages the group's stream keeps
 
 Messages (not notices) go into the history of their stream, as the ones clients
-send do (PROTOCOL section 11), and carry its ``#offset``.
+send do (docs/protocol.md section 11), and carry its ``#offset``.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ async def asend_notice(group: str, sentence: str, *, code: str = SERVER_NOTICE) 
     metrics.count("server_messages")
 
 
-# History (PROTOCOL section 11).
+# History (docs/protocol.md section 11).
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ DEFAULTS: dict[str, Any] = {
     "WEBSOCKET_PATH": "ws/realtime/",
     # Refuse handshakes whose Origin is not in ALLOWED_HOSTS.
     "CHECK_ORIGIN": True,
-    # History of each stream (PROTOCOL section 11): the last HISTORY_SIZE messages,
+    # History of each stream (docs/protocol.md section 11): the last HISTORY_SIZE messages,
     # each kept HISTORY_TTL seconds. Either 0 turns history off.
     "HISTORY_SIZE": 100,
     "HISTORY_TTL": 300.0,

@@ -298,7 +298,7 @@ class RealtimeConsumer(AsyncConsumer):
         await self.ack(frame, **fields)
 
     async def resume(self, frame: Frame) -> None:
-        """Replay the private stream after ``since`` (PROTOCOL 11)."""
+        """Replay the private stream after ``since`` (docs/protocol.md §11)."""
         if self.private is None:
             return await self.ack(frame, **self.not_recovered(frame))
         self.private, fields = await self.catch_up(user_address(self.user_id), self.private, frame)

@@ -68,7 +68,7 @@ from skapi_channels.protocol import EPOCH, KEEP, OFFSET
 logger = logging.getLogger("skapi_channels")
 
 # KEYS: the group's counter (a hash: "n" the sequence number of everything
-# published, "e" the epoch, "o" the offset of its kept messages, PROTOCOL 11), its
+# published, "e" the epoch, "o" the offset of its kept messages, docs/protocol.md §11), its
 # Redis channel, and its history (a list of "<offset>:<time>:<payload>").
 # ARGV: payload (empty: a gap marker, no message), counter expiry (s), increment (1,
 # or the number of messages a gap marker stands for), a new epoch (used when the

@@ -289,7 +289,7 @@ def assert_from_alice(room: Room, frame: dict[str, Any]) -> None:
         return
     assert frame["#user_id"] == room.user_ids["@alice"], frame
     assert frame["#scid"] == room.alice_cid, frame
-    # Kept messages carry their stream offset (PROTOCOL 11), a positive integer.
+    # Kept messages carry their stream offset (docs/protocol.md §11), a positive integer.
     offset = frame.get("#offset", 1)
     assert isinstance(offset, int) and not isinstance(offset, bool) and offset >= 1, frame
     if "#private" in frame:

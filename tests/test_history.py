@@ -1,4 +1,4 @@
-"""History and recovery (PROTOCOL 11) through the real consumer: offsets, epochs,
+"""History and recovery (docs/protocol.md §11) through the real consumer: offsets, epochs,
 joinRoom with since / last, resume, the replay/live hand-over, retention."""
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ async def test_a_broadcast_cannot_spoof_its_sender(users, connect):
         "#user_id": str(users.alice.pk),
         "#scid": await cid_of(users.alice),
         "#srid": "Room",
-        "#offset": mock.ANY,  # the stream's offset (PROTOCOL 11)
+        "#offset": mock.ANY,  # the stream's offset (docs/protocol.md §11)
     }
     await b.nothing()
     assert await b.request({"action": "keepAlive", "id": 2}) == {"#ack": 2}  # not closed
@@ -85,7 +85,7 @@ async def test_a_private_message_cannot_spoof_its_sender(users, connect):
         "#user_id": str(users.alice.pk),
         "#scid": await cid_of(users.alice),
         "#srid": None,
-        "#offset": mock.ANY,  # the stream's offset (PROTOCOL 11)
+        "#offset": mock.ANY,  # the stream's offset (docs/protocol.md §11)
     }
     await b.nothing()
 

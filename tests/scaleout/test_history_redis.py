@@ -1,4 +1,4 @@
-"""History and recovery (PROTOCOL 11) on Redis: the fan-out layer's kept streams
+"""History and recovery (docs/protocol.md §11) on Redis: the fan-out layer's kept streams
 shared by two processes, and real daphne processes with a member on each."""
 
 from __future__ import annotations
