@@ -251,6 +251,7 @@
         this._keepAlive = null; // {kind: 'worker' | 'timer', stop()}
         this._startKeyHistory = {};
         this._inflight = {};
+        this._streams = { group: null, private: null }; // history positions (see below)
         this._listenForResume();
     }
 
@@ -293,6 +294,9 @@
         }
         if (extra) {
             Object.keys(extra).forEach(function (k) { event[k] = extra[k]; });
+        }
+        if (data['#replay'] === true) {
+            event.replay = true;
         }
         if (event.message === undefined) {
             delete event.message;
@@ -381,6 +385,7 @@
         this._gaveUp = false;
         this._opening = Promise.resolve(socket);
         this._startKeepAlive(socket);
+        this._resumePrivate();
         if (this._group === null) {
             this._emit('success', 'Connected to WebSocket server.');
             return;
@@ -388,7 +393,8 @@
         // Rejoin before anything else is sent on the new socket, and report
         // success once the group is joined again.
         var group = this._group;
-        this._request({ action: 'joinRoom', rid: group }).then(function () {
+        this._request(this._joinFrame(group, true)).then(function (ack) {
+            self._joined(group, ack, true);
             self._emit('success', 'Connected to WebSocket server.');
         }, function (err) {
             if (self._socket !== socket) {
@@ -500,6 +506,7 @@
         this._opening = null;
         if (!keepGroup) {
             this._group = null;
+            this._streams = { group: null, private: null };
         }
         this._attempt = 0;
         this._refusals = 0;
@@ -606,7 +613,7 @@
         });
     };
 
-    SkapiRealtime.prototype._settle = function (id, error) {
+    SkapiRealtime.prototype._settle = function (id, error, data) {
         var entry = this._pending[id];
         if (!entry) {
             return false;
@@ -616,7 +623,7 @@
         if (error) {
             entry.reject(error);
         } else {
-            entry.resolve();
+            entry.resolve(data); // the ack frame (a join's carries #epoch, #offset)
         }
         return true;
     };
@@ -639,7 +646,7 @@
             return;
         }
         if (has(data, '#ack')) {
-            this._settle(data['#ack'], null);
+            this._settle(data['#ack'], null, data);
         } else if (has(data, '#error')) {
             var id = data['#id'];
             var error = skapiError(data['#code'] || 'ERROR', data['#error']);
@@ -647,9 +654,13 @@
                 this._emit('error', data['#error'], data);
             }
         } else if (has(data, '#message')) {
-            this._emit('message', data['#message'], data);
+            if (this._keptFrame('group', data)) {
+                this._emit('message', data['#message'], data);
+            }
         } else if (has(data, '#private')) {
-            this._emit('private', data['#private'], data);
+            if (this._keptFrame('private', data)) {
+                this._emit('private', data['#private'], data);
+            }
         } else if (has(data, '#notice')) {
             this._emit('notice', data['#notice'], data);
         } else if (has(data, '#rtc')) {
@@ -667,6 +678,100 @@
         }
         return this._opening.then(function () { return true; }, function () { return false; });
     };
+
+    // ------------------------------------------- history and recovery (begin)
+    // docs/protocol.md section 11. `_streams.group` is {group, epoch, offset} of the
+    // joined group's stream, `_streams.private` {epoch, offset} of the user's private
+    // stream: the last offset given to the callback. After a reconnect the group is
+    // rejoined with `since` and the private stream resumed, so what was said while
+    // the socket was down is replayed (`replay: true`); when it cannot be, the
+    // callback gets {type: 'error', code: 'MISSED_MESSAGES'}.
+
+    // Whether a #message / #private frame is new to the callback (and note it).
+    SkapiRealtime.prototype._keptFrame = function (kind, data) {
+        var offset = data['#offset'];
+        if (typeof offset !== 'number') {
+            return true; // history is off on the server
+        }
+        var stream = this._streams[kind];
+        if (kind === 'group' && (!stream || stream.group !== data['#srid'])) {
+            if (data['#srid'] !== this._group) {
+                return true; // a group left, still draining
+            }
+            stream = this._streams.group = { group: this._group, epoch: null, offset: 0 };
+        } else if (kind === 'private' && !stream) {
+            stream = this._streams['private'] = { epoch: null, offset: 0 };
+        }
+        if (offset <= stream.offset && stream.epoch !== null) {
+            return false; // had already (a replay overlapping what came live)
+        }
+        stream.offset = offset;
+        return true;
+    };
+
+    SkapiRealtime.prototype._joinFrame = function (group, rejoining) {
+        var frame = { action: 'joinRoom', rid: group };
+        var stream = this._streams.group;
+        if (rejoining && stream && stream.group === group && stream.epoch !== null) {
+            frame.since = { offset: stream.offset, epoch: stream.epoch };
+        }
+        return frame;
+    };
+
+    // A join's ack says where the group's stream stands.
+    SkapiRealtime.prototype._joined = function (group, ack, rejoining) {
+        if (group === null || !ack || typeof ack['#epoch'] !== 'string') {
+            if (group === null || (ack && !has(ack, '#epoch'))) {
+                this._streams.group = null;
+            }
+            this._missedUnlessRecovered(ack, 'Messages of group "' + group + '"');
+            return;
+        }
+        var stream = this._streams.group;
+        var offset = ack['#offset'];
+        if (stream && stream.group === group && stream.epoch === ack['#epoch'] &&
+            stream.offset > offset) {
+            offset = stream.offset;
+        }
+        this._streams.group = { group: group, epoch: ack['#epoch'], offset: offset };
+        if (rejoining) {
+            this._missedUnlessRecovered(ack, 'Messages of group "' + group + '"');
+        }
+    };
+
+    SkapiRealtime.prototype._resumePrivate = function () {
+        var self = this;
+        var stream = this._streams['private'];
+        var frame = { action: 'resume' };
+        var resuming = !!(stream && stream.epoch !== null);
+        if (resuming) {
+            frame.since = { offset: stream.offset, epoch: stream.epoch };
+        }
+        this._request(frame).then(function (ack) {
+            if (!ack || typeof ack['#epoch'] !== 'string') {
+                self._streams['private'] = null;
+            } else {
+                var now = self._streams['private'];
+                var offset = ack['#offset'];
+                if (now && now.epoch === ack['#epoch'] && now.offset > offset) {
+                    offset = now.offset;
+                }
+                self._streams['private'] = { epoch: ack['#epoch'], offset: offset };
+            }
+            if (resuming) {
+                self._missedUnlessRecovered(ack, 'Private messages');
+            }
+        }, function () {}); // a server without resume, or the socket lost again
+    };
+
+    SkapiRealtime.prototype._missedUnlessRecovered = function (ack, what) {
+        if (ack && ack['#recovered'] === false) {
+            this._emit('error', what + ' sent while the connection was down could not ' +
+                'be recovered; reload what is shown.',
+                { '#code': 'MISSED_MESSAGES' });
+        }
+    };
+    // --------------------------------------------- history and recovery (end)
 
     // ------------------------------------------------------------ public API
 
@@ -736,9 +841,19 @@
             if (group === null && self._group === null) {
                 return { type: 'success', message: 'Left realtime message group.' };
             }
+            var last = params.last;
+            if (last !== undefined && last !== null &&
+                (typeof last !== 'number' || last % 1 !== 0 || last < 1)) {
+                throw skapiError('INVALID_PARAMETER', '"last" must be a positive integer.');
+            }
             var previous = self._group;
             self._group = group; // messages sent from now on go to the new group
-            return self._request({ action: 'joinRoom', rid: group }).then(function () {
+            var frame = self._joinFrame(group, false);
+            if (group !== null && last !== undefined && last !== null) {
+                frame.last = last;
+            }
+            return self._request(frame).then(function (ack) {
+                self._joined(group, ack, false);
                 return {
                     type: 'success',
                     message: group === null ? 'Left realtime message group.' : 'Joined realtime message group: "' + group + '".'
