@@ -50,7 +50,7 @@ def browser() -> Iterator[Browser]:
             launched.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")  # one daphne for every browser test: its start is slow
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     skip_unless_ready()
     running = Server(tmp_path_factory.mktemp("daphne"))
