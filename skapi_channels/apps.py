@@ -23,6 +23,10 @@ class SkapiChannelsConfig(AppConfig):
         checks.register(check_database)
         checks.register(check_origin, checks.Tags.security)
 
+        from skapi_channels.revocation import connect_signals
+
+        connect_signals()
+
         from skapi_channels.send_buffer import install_daphne_send_limit
 
         install_daphne_send_limit()

@@ -69,6 +69,10 @@ DEFAULTS: dict[str, Any] = {
     # "credential": ...}), given to the page by the template tag. None: host
     # candidates only, as on a LAN or one machine.
     "RTC_ICE_SERVERS": [],
+    # Seconds between the checks of the connected users' logins (revocation.py):
+    # a logout, password change or deactivation made outside the server processes
+    # closes their sockets within this interval (and the query's time).
+    "REVOCATION_SWEEP_INTERVAL": 15.0,
 }
 
 # Settings whose value may be a dotted path, resolved once to what it names.
@@ -129,6 +133,7 @@ class Settings:
     DEAD_AFTER: float
     REAP_INTERVAL: float
     RTC_ICE_SERVERS: list[dict[str, Any]]
+    REVOCATION_SWEEP_INTERVAL: float
 
     def __init__(self) -> None:
         self._cached: set[str] = set()

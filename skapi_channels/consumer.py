@@ -8,6 +8,7 @@ already encoded, so a broadcast is encoded once, not once per receiver.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from typing import Any
@@ -18,7 +19,7 @@ from channels.exceptions import ChannelFull, StopConsumer
 from skapi_channels import metrics, presence, signals
 from skapi_channels.addressing import group_address, user_address
 from skapi_channels.conf import conf
-from skapi_channels.handshake import auser_id, authenticate, origin_allowed
+from skapi_channels.handshake import auser_id, login_of, origin_allowed
 from skapi_channels.history import (
     EPOCH,
     OFFSET,
@@ -63,6 +64,7 @@ from skapi_channels.protocol import (
     rtc_gone_event,
     utf8_length_over,
 )
+from skapi_channels.revocation import revalidate
 from skapi_channels.rtc import Routes
 from skapi_channels.runtime import announce_departure, runtime
 from skapi_channels.send_buffer import ACCEPT_MARK
@@ -90,6 +92,7 @@ class RealtimeConsumer(AsyncConsumer):
         # number of drain markers on their way (see ``leave_layer_group``).
         self.draining: dict[str, int] = {}
         self.rtc_peers = Routes()  # connections this one exchanges call signalling with
+        self.revocations: set[asyncio.Task[bool]] = set()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
@@ -118,9 +121,10 @@ class RealtimeConsumer(AsyncConsumer):
         if not limiter("handshakes", conf.HANDSHAKES_PER_MINUTE).take(str(client[0])):
             logger.warning("Refused a handshake from %s: over the handshake rate", client[0])
             return await self.refuse()
-        user = await authenticate(self.scope)
-        if user is None:
+        login = await login_of(self.scope)
+        if login is None:
             return await self.refuse()
+        user = login.user
         user_id = await auser_id(user)
         try:
             await runtime.ensure_started()
@@ -134,6 +138,10 @@ class RealtimeConsumer(AsyncConsumer):
         if not opened:
             return await self.refuse()
         self.cid, self.user_id = cid, user_id
+        # What revocation.py checks: the login the socket was opened under.
+        self.user_pk, self.auth_hash, self.session_key = (
+            str(user.pk), login.auth_hash, login.session_key
+        )
         self.bucket = TokenBucket(conf.RATE_PER_SECOND, conf.RATE_BURST)
         # docs/protocol.md §6: twice the sustained rate for FLOOD_CLOSE_AFTER seconds closes.
         self.flood = FloodMeter(2 * conf.RATE_PER_SECOND, conf.FLOOD_CLOSE_AFTER)
@@ -449,6 +457,15 @@ class RealtimeConsumer(AsyncConsumer):
         )
         if self.missed >= conf.MISSED_CLOSE_AFTER:
             await self.close_from_server(CLOSE_TOO_FAR_BEHIND)
+
+    async def skapi_revoke(self, event: dict[str, Any]) -> None:
+        """The login of this connection's user changed (revocation.py)."""
+        if event.get("uid") != self.user_id or self.closing:
+            return
+        # Off the consumer's loop: a password change waits for the session to settle.
+        task = asyncio.get_running_loop().create_task(revalidate(self, event.get("hash")))
+        self.revocations.add(task)
+        task.add_done_callback(self.revocations.discard)
 
     async def skapi_close(self, event: dict[str, Any]) -> None:
         await self.close_from_server(int(event.get("code", CLOSE_BY_SERVER)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import import_module
 from types import SimpleNamespace
 from typing import Any
@@ -18,7 +19,7 @@ from django.http.request import validate_host
 
 from skapi_channels.conf import conf
 from skapi_channels.presence_batch import GroupCommit, one_by_one
-from skapi_channels.tokens import read_token
+from skapi_channels.tokens import auth_hash, read_payload, token_holds
 
 
 def header(scope: dict[str, Any], name: bytes) -> str | None:
@@ -88,8 +89,20 @@ async def aactive_user(user_pk: str) -> Any | None:
     return await _user_lookups.submit(user_pk)
 
 
-def session_user(cookie_header: str | None) -> Any | None:
-    """The logged-in user of the session the cookies name, or None.
+@dataclass(frozen=True, slots=True)
+class Login:
+    """Who opened a socket, and under which login (for revocation, docs/protocol.md
+    section 13)."""
+
+    user: Any
+    # The user's session auth hash when the socket opened.
+    auth_hash: str
+    # The session the socket was opened with (None: a token, or a session-less user).
+    session_key: str | None
+
+
+def session_login(cookie_header: str | None) -> Login | None:
+    """The login of the session the cookies name, or None.
 
     Read once at the handshake, so the socket needs no session middleware (whose
     wrapper would otherwise run on every frame sent).
@@ -101,14 +114,16 @@ def session_user(cookie_header: str | None) -> Any | None:
         return None
     store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
     user = get_user(SimpleNamespace(session=store))  # verifies the session's auth hash
-    return user if user.is_authenticated and user.is_active else None
+    if not (user.is_authenticated and user.is_active):
+        return None
+    return Login(user, auth_hash(user), session_key)
 
 
-_session_lookups: GroupCommit[str | None] = GroupCommit(one_by_one(session_user))
+_session_lookups: GroupCommit[str | None] = GroupCommit(one_by_one(session_login))
 
 
-async def asession_user(cookie_header: str | None) -> Any | None:
-    """``session_user`` on the database thread, sharing the hop with the handshakes
+async def asession_login(cookie_header: str | None) -> Login | None:
+    """``session_login`` on the database thread, sharing the hop with the handshakes
     that arrive together (each still reads its own session now)."""
     return await _session_lookups.submit(cookie_header)
 
@@ -122,13 +137,27 @@ async def auser_id(user: Any) -> str:
     return str(await _user_ids.submit(user))
 
 
-async def authenticate(scope: dict[str, Any]) -> Any | None:
-    """The user of a handshake, or None. A ``?token=`` decides over the session."""
+async def login_of(scope: dict[str, Any]) -> Login | None:
+    """The login of a handshake, or None. A ``?token=`` decides over the session."""
     token = query_token(scope)
     if token is not None:
-        user_pk = read_token(token)
-        return None if user_pk is None else await aactive_user(user_pk)
+        payload = read_payload(token)
+        if payload is None:
+            return None
+        user = await aactive_user(payload["u"])
+        if user is None or not await token_holds(payload, user):
+            return None
+        return Login(user, auth_hash(user), None)
     user = scope.get("user")  # set when the route is wrapped in AuthMiddlewareStack
     if user is not None:
-        return user if user.is_authenticated else None
-    return await asession_user(header(scope, b"cookie"))
+        if not user.is_authenticated:
+            return None
+        session = scope.get("session")
+        return Login(user, auth_hash(user), getattr(session, "session_key", None))
+    return await asession_login(header(scope, b"cookie"))
+
+
+async def authenticate(scope: dict[str, Any]) -> Any | None:
+    """The user of a handshake, or None."""
+    login = await login_of(scope)
+    return None if login is None else login.user

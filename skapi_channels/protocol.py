@@ -35,6 +35,7 @@ EVENT_DRAINED = "skapi.drained"  # marker: a left group's queued events end here
 EVENT_MISSED = "skapi.missed"  # the layer dropped ``count`` events for this channel
 EVENT_RTC = "skapi.rtc"  # a call-signalling frame for the one connection ``cid``
 EVENT_RTC_GONE = "skapi.rtc_gone"  # connection ``cid``, a signalling peer, has closed
+EVENT_REVOKE = "skapi.revoke"  # the login of user ``uid`` changed (revocation.py)
 
 ACTIONS = ("sendMessage", "broadcast", "joinRoom", "keepAlive", "rtc", "resume")
 MAX_ID_LENGTH = 64

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from channels.layers import get_channel_layer
 from django.utils import timezone
 
-from skapi_channels import metrics, presence, signals
+from skapi_channels import metrics, presence, revocation, signals
 from skapi_channels.addressing import group_address
 from skapi_channels.conf import conf
 from skapi_channels.layer_resync import LayerResync
@@ -94,7 +94,11 @@ class ServerRuntime:
         self.retired = False
         await self.resync.start()
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._heartbeats()), loop.create_task(self._reaps())]
+        self._tasks = [
+            loop.create_task(self._heartbeats()),
+            loop.create_task(self._reaps()),
+            loop.create_task(revocation.sweeps(self.connections)),
+        ]
         if not self._shutdown_hooked:
             self._shutdown_hooked = hook_daphne_shutdown(self.retire)
 

@@ -17,7 +17,6 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 
-from skapi_channels.handshake import active_user
 from skapi_channels.protocol import loads
 from skapi_channels.queries import (
     InvalidParameter,
@@ -26,7 +25,7 @@ from skapi_channels.queries import (
     parse_group_query,
     parse_user_query,
 )
-from skapi_channels.tokens import issue_token, read_token
+from skapi_channels.tokens import issue_token, token_user
 
 Handler = Callable[[HttpRequest, Any, dict[str, Any]], HttpResponse]
 
@@ -90,8 +89,7 @@ def endpoint(*, bearer: bool = True) -> Callable[[Handler], Callable[[HttpReques
                 return refusal
             token = bearer_token(request) if bearer else None
             if token is not None:
-                user_pk = read_token(token)
-                user = active_user(user_pk) if user_pk is not None else None
+                user = token_user(token)
                 if user is None:
                     return json_error(401, "INVALID_REQUEST", "The token is invalid or expired.")
             else:

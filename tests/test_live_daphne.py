@@ -4,13 +4,17 @@ whatever a client sends to a path, the answer is clean."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import sqlite3
+import time
 from collections.abc import Iterator
 
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from tests.live_http import Browser
 from tests.live_server import Server
 from tests.test_slow_receiver import token_for
 
@@ -21,7 +25,7 @@ LIMIT = 256 * 1024
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     live = Server(
         tmp_path_factory.mktemp("live"),
-        {"SEND_BUFFER_LIMIT": LIMIT},
+        {"SEND_BUFFER_LIMIT": LIMIT, "REVOCATION_SWEEP_INTERVAL": 1},
         application="tests.live_asgi:application",
     )
     live.prepare()
@@ -64,3 +68,44 @@ async def test_our_socket_is_still_bounded(server):
     async with connect(uri) as alice:
         await alice.send('{"action": "keepAlive", "id": 1}')
         assert await alice.recv() == '{"#ack":1}'
+
+
+async def closed_with(socket_: object, code: int, within: float) -> float:
+    """Wait for the server's close; returns how long it took."""
+    started = time.monotonic()
+    async with asyncio.timeout(within):
+        with contextlib.suppress(ConnectionClosed):
+            async for _ in socket_:  # notices may come first
+                pass
+    assert socket_.close_code == code, socket_.close_code
+    return time.monotonic() - started
+
+
+async def test_logging_out_closes_the_users_sockets_with_4001(server):
+    browser = Browser(server)
+    session_key = await asyncio.to_thread(browser.log_in, "alice")
+    uri = f"ws://127.0.0.1:{server.port}/ws/realtime/"
+    by_cookie = connect(uri, additional_headers={"Cookie": f"sessionid={session_key}"})
+    by_token = connect(f"{uri}?token={token_for(server, 'alice')}")
+    async with by_cookie as first, by_token as second:
+        for socket_ in (first, second):
+            await socket_.send('{"action": "keepAlive", "id": 1}')
+            assert await socket_.recv() == '{"#ack":1}'
+        await asyncio.to_thread(browser.log_out)
+        for socket_ in (first, second):
+            assert await closed_with(socket_, 4001, within=5) < 2
+
+
+async def test_a_change_written_by_another_process_closes_within_the_sweep(server):
+    uri = f"ws://127.0.0.1:{server.port}/ws/realtime/?token={token_for(server, 'bob')}"
+    async with connect(uri) as bob:
+        await bob.send('{"action": "keepAlive", "id": 1}')
+        assert await bob.recv() == '{"#ack":1}'
+        with sqlite3.connect(server.workdir / "db.sqlite3") as db:
+            db.execute("UPDATE auth_user SET is_active = 0 WHERE username = 'bob'")
+        try:
+            # REVOCATION_SWEEP_INTERVAL is 1 s here.
+            assert await closed_with(bob, 4001, within=10) < 5
+        finally:
+            with sqlite3.connect(server.workdir / "db.sqlite3") as db:
+                db.execute("UPDATE auth_user SET is_active = 1 WHERE username = 'bob'")

@@ -16,10 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from django.core import signing
 from websockets.asyncio.client import connect
 
-from skapi_channels.tokens import SALT
+from skapi_channels.tokens import issue_token
 from tests.live_server import Server
 
 LIMIT = 256 * 1024
@@ -43,8 +42,15 @@ def user_pk(server: Server, name: str) -> str:
 
 
 def token_for(server: Server, name: str) -> str:
-    # The demo settings' default SECRET_KEY signs the server's tokens, as ours.
-    return signing.dumps({"u": user_pk(server, name)}, salt=SALT, compress=False)
+    # The demo settings' default SECRET_KEY signs the server's tokens, as ours; the
+    # token carries the auth hash of the user's password as the server stores it.
+    from django.contrib.auth import get_user_model
+
+    with sqlite3.connect(server.workdir / "db.sqlite3") as db:
+        pk, password = db.execute(
+            "SELECT id, password FROM auth_user WHERE username = ?", [name]
+        ).fetchone()
+    return issue_token(get_user_model()(pk=pk, password=password))[0]
 
 
 def rows(server: Server) -> list[tuple[str, str | None]]:

@@ -168,7 +168,9 @@ def database() -> Iterator[Database]:
             "shell",
             "-c",
             "from django.contrib.auth import get_user_model as g; "
-            + f"[g().objects.create_user(f'u{{i}}', password='pw-12345678') for i in range({USERS})]",
+            + f"[g().objects.create_user(f'u{{i}}', password='pw-12345678') for i in range({USERS})]; "
+            # A password hash the tests know, so they can sign tokens carrying its auth hash.
+            + f"g().objects.update(password={FIXED_PASSWORD!r})",
         )
         yield db
     finally:
@@ -237,15 +239,20 @@ class Server:
         return await asyncio.to_thread(self.post, path, body, user)
 
 
+# Every user's password field: tokens carry the auth hash derived from it.
+FIXED_PASSWORD = "!scaleout-users-log-in-with-tokens"
+
+
 def token(user: int) -> str:
     """A handshake token for user u<user> (its pk is user + 1), signed with the
     deployment's SECRET_KEY without touching any presence table."""
+    from django.contrib.auth import get_user_model
     from django.test import override_settings
 
     from skapi_channels.tokens import issue_token
 
     with override_settings(SECRET_KEY=SECRET_KEY):
-        value, _ = issue_token(SimpleNamespace(pk=user + 1))
+        value, _ = issue_token(get_user_model()(pk=user + 1, password=FIXED_PASSWORD))
     return value
 
 
