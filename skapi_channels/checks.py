@@ -3,6 +3,7 @@ app cannot keep its promises in (E02x, W02x) fail or warn at ``manage.py check``
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from django.conf import settings
@@ -35,7 +36,11 @@ POSITIVE_NUMBERS = (
     "REVOCATION_SWEEP_INTERVAL",
 )
 # Limits beyond the protocol: 0 turns them off.
-OPTIONAL_LIMITS = ("GROUPS_CREATED_PER_MINUTE", "HANDSHAKES_PER_MINUTE")
+OPTIONAL_LIMITS = (
+    "GROUPS_CREATED_PER_MINUTE",
+    "HANDSHAKES_PER_MINUTE",
+    "REFUSED_HANDSHAKES_PER_MINUTE",
+)
 CALLABLES = ("USER_ID_FUNCTION", "USER_LOOKUP_FUNCTION")
 
 
@@ -46,6 +51,17 @@ def callable_problem(value: Any) -> str | None:
     except ImportError as exc:
         return str(exc)
     return None if callable(function) else f"{value!r} is not callable"
+
+
+def trusted_proxies_problem(value: Any) -> str | None:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        return f"must be a list of addresses or CIDR ranges, not {value!r}"
+    for entry in value:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except (TypeError, ValueError):
+            return f"has {entry!r}, which is not an address or CIDR range"
+    return None
 
 
 def check_settings(**kwargs: Any) -> list[CheckMessage]:  # noqa: C901
@@ -150,6 +166,16 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:  # noqa: C901
                 f"{MAX_STORED_GROUP_NAME}, not {length!r}: longer names do not fit the tables.",
                 hint="The protocol's default is 128.",
                 id="skapi_channels.E010",
+            )
+        )
+    proxies = user.get("TRUSTED_PROXIES", DEFAULTS["TRUSTED_PROXIES"])
+    reason = trusted_proxies_problem(proxies)
+    if reason:
+        errors.append(
+            Error(
+                f"SKAPI_CHANNELS['TRUSTED_PROXIES'] {reason}.",
+                hint='List the proxies in front of the server, e.g. ["127.0.0.1", "10.0.0.0/8"].',
+                id="skapi_channels.E011",
             )
         )
     limit = user.get("SEND_BUFFER_LIMIT", DEFAULTS["SEND_BUFFER_LIMIT"])

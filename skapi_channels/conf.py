@@ -28,11 +28,17 @@ DEFAULTS: dict[str, Any] = {
     "RATE_PER_SECOND": 20.0,
     "RATE_BURST": 40,
     "MAX_CONNECTIONS_PER_USER": 10,
-    # New groups one user may create a minute, and handshakes one IP address may
-    # make a minute (each counted per server process). 0 turns a limit off: joining
-    # is already bounded by the frame rate.
+    # New groups one user may create a minute, handshakes one logged-in user may
+    # make a minute, and refused handshakes (not logged in, cross-site) one client
+    # address may make a minute before it is refused without a look (each counted
+    # per server process). 0 turns a limit off: joining is already bounded by the
+    # frame rate.
     "GROUPS_CREATED_PER_MINUTE": 0,
     "HANDSHAKES_PER_MINUTE": 600,
+    "REFUSED_HANDSHAKES_PER_MINUTE": 120,
+    # Proxies (addresses or CIDR ranges) whose X-Forwarded-For is believed: the
+    # client is the rightmost address not among them (client_address.py).
+    "TRUSTED_PROXIES": [],
     # Seconds of sending at twice RATE_PER_SECOND or more after which a flooding
     # client is closed (4008).
     "FLOOD_CLOSE_AFTER": 10.0,
@@ -116,6 +122,8 @@ class Settings:
     MAX_CONNECTIONS_PER_USER: int
     GROUPS_CREATED_PER_MINUTE: int
     HANDSHAKES_PER_MINUTE: int
+    REFUSED_HANDSHAKES_PER_MINUTE: int
+    TRUSTED_PROXIES: list[str]
     FLOOD_CLOSE_AFTER: float
     SEND_BUFFER_LIMIT: int
     MISSED_CLOSE_AFTER: int

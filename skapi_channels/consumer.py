@@ -18,6 +18,7 @@ from channels.exceptions import ChannelFull, StopConsumer
 
 from skapi_channels import metrics, presence, signals
 from skapi_channels.addressing import group_address, user_address
+from skapi_channels.client_address import client_address
 from skapi_channels.conf import conf
 from skapi_channels.handshake import auser_id, login_of, origin_allowed
 from skapi_channels.history import (
@@ -115,17 +116,24 @@ class RealtimeConsumer(AsyncConsumer):
     # Connection lifecycle.
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
-        if conf.CHECK_ORIGIN and not origin_allowed(self.scope):
+        # Refused handshakes are counted per address, before any work; a logged-in
+        # user's handshakes per user, so neither locks the other out.
+        address = client_address(self.scope, conf.TRUSTED_PROXIES)
+        refusals = limiter("refused_handshakes", conf.REFUSED_HANDSHAKES_PER_MINUTE)
+        if not refusals.available(address):
+            logger.warning("Refused a handshake from %s: too many refused handshakes", address)
             return await self.refuse()
-        client = self.scope.get("client") or ("unknown", 0)
-        if not limiter("handshakes", conf.HANDSHAKES_PER_MINUTE).take(str(client[0])):
-            logger.warning("Refused a handshake from %s: over the handshake rate", client[0])
-            return await self.refuse()
-        login = await login_of(self.scope)
+        login = None
+        if not conf.CHECK_ORIGIN or origin_allowed(self.scope):
+            login = await login_of(self.scope)
         if login is None:
+            refusals.take(address)
             return await self.refuse()
         user = login.user
         user_id = await auser_id(user)
+        if not limiter("handshakes", conf.HANDSHAKES_PER_MINUTE).take(user_id):
+            logger.warning("Refused a handshake of user %s: over the handshake rate", user_id)
+            return await self.refuse()
         try:
             await runtime.ensure_started()
         except Exception:

@@ -38,6 +38,10 @@ def test_defaults_pass():
         ({"FLOOD_CLOSE_AFTER": 0}, "skapi_channels.E004"),
         ({"RTC_ICE_SERVERS": "stun:stun.example.com"}, "skapi_channels.E012"),
         ({"RTC_ICE_SERVERS": [{"url": "stun:x"}]}, "skapi_channels.E012"),
+        ({"TRUSTED_PROXIES": "127.0.0.1"}, "skapi_channels.E011"),
+        ({"TRUSTED_PROXIES": ["nginx"]}, "skapi_channels.E011"),
+        ({"REFUSED_HANDSHAKES_PER_MINUTE": -1}, "skapi_channels.E003"),
+        ({"REVOCATION_SWEEP_INTERVAL": 0}, "skapi_channels.E004"),
     ],
 )
 def test_bad_settings_are_reported(settings, expected):
