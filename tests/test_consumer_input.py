@@ -277,7 +277,7 @@ async def handshake_from(user, peer: str, forwarded: str | None = None) -> bool:
     from channels.db import database_sync_to_async
     from channels.testing import WebsocketCommunicator
 
-    from project.asgi import application
+    from tests.asgi import application
     from tests.conftest import ORIGIN, session_key_for
 
     headers = [(b"origin", ORIGIN)]

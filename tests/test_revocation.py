@@ -10,17 +10,17 @@ from typing import Any
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
-from django.contrib.auth import get_user_model, update_session_auth_hash
+from django.contrib.auth import get_user, get_user_model, logout, update_session_auth_hash
 from django.contrib.auth.hashers import make_password
 from django.contrib.sessions.backends.db import SessionStore
 from django.test import Client as HttpClient
 from django.test import RequestFactory, override_settings
 
-from project.asgi import application
 from skapi_channels import revocation
 from skapi_channels.models import Connection
 from skapi_channels.runtime import runtime
 from skapi_channels.tokens import issue_token, token_user
+from tests.asgi import application
 from tests.conftest import ORIGIN, Client, in_db, session_key_for
 
 
@@ -110,9 +110,7 @@ async def test_logout_closes_every_socket_of_the_user(users, sockets, presence_i
     here = await sockets()
 
     def log_out() -> None:
-        client = HttpClient()
-        client.cookies["sessionid"] = here.first_key
-        client.post("/logout/")
+        log_out_session(here.first_key)
 
     await in_db(log_out)
     for client in (here.first, here.second, here.token):
@@ -124,6 +122,14 @@ async def test_logout_closes_every_socket_of_the_user(users, sockets, presence_i
         str(users.bob.pk)
     ]
     await in_db(presence_is_true)
+
+
+def log_out_session(session_key: str) -> None:
+    """What the logout view does with the session ``session_key``."""
+    request = RequestFactory().post("/logout/")
+    request.session = SessionStore(session_key)
+    request.user = get_user(request)
+    logout(request)
 
 
 def change_password_in(session_key: str, user_pk: Any) -> None:
@@ -241,7 +247,7 @@ def test_a_token_dies_with_a_password_change_or_a_logout(django_user_model):
     client = HttpClient()
     client.force_login(alice)
     time.sleep(0.01)
-    client.post("/logout/")
+    log_out_session(client.session.session_key)
     assert token_user(token) is None
     assert token_user(issue_token(alice)[0]) == alice  # issued after the logout
 
