@@ -175,7 +175,7 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:  # noqa: C901
             Error(
                 f"SKAPI_CHANNELS['TRUSTED_PROXIES'] {reason}.",
                 hint='List the proxies in front of the server, e.g. ["127.0.0.1", "10.0.0.0/8"].',
-                id="skapi_channels.E011",
+                id="skapi_channels.E013",
             )
         )
     limit = user.get("SEND_BUFFER_LIMIT", DEFAULTS["SEND_BUFFER_LIMIT"])
