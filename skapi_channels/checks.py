@@ -187,6 +187,19 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:  # noqa: C901
                 id="skapi_channels.E009",
             )
         )
+    cap = user.get("SERVER_MAX_FRAME_BYTES", DEFAULTS["SERVER_MAX_FRAME_BYTES"])
+    frame_limit = user.get("MAX_FRAME_BYTES", DEFAULTS["MAX_FRAME_BYTES"])
+    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0 or (
+        cap and isinstance(frame_limit, int) and cap <= frame_limit
+    ):
+        errors.append(
+            Error(
+                "SKAPI_CHANNELS['SERVER_MAX_FRAME_BYTES'] must be 0 or a whole number of bytes "
+                f"above MAX_FRAME_BYTES, not {cap!r}: frames between the two get TOO_LARGE.",
+                hint="0 leaves daphne's own limit; the default is 1 MiB.",
+                id="skapi_channels.E014",
+            )
+        )
     for name in ("HISTORY_SIZE", "HISTORY_TTL"):
         value = user.get(name, DEFAULTS[name])
         whole = name == "HISTORY_SIZE"

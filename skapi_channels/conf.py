@@ -45,6 +45,9 @@ DEFAULTS: dict[str, Any] = {
     # Bytes daphne may buffer for a client that stopped reading before it is
     # closed with 4009 (send_buffer.py); 0 leaves daphne unbounded.
     "SEND_BUFFER_LIMIT": 4 * 1024 * 1024,
+    # Largest frame daphne reads from one of our sockets (send_buffer.py); a larger
+    # one closes it with 1009 unread. 0 leaves daphne's own limit.
+    "SERVER_MAX_FRAME_BYTES": 1024 * 1024,
     # Messages a slow connection may miss in all before it is closed (4009).
     "MISSED_CLOSE_AFTER": 1000,
     # Identity: user -> user_id string, and user_id string -> user (or None).
@@ -126,6 +129,7 @@ class Settings:
     TRUSTED_PROXIES: list[str]
     FLOOD_CLOSE_AFTER: float
     SEND_BUFFER_LIMIT: int
+    SERVER_MAX_FRAME_BYTES: int
     MISSED_CLOSE_AFTER: int
     USER_ID_FUNCTION: Callable[[Any], str]
     USER_LOOKUP_FUNCTION: Callable[[str], Any]

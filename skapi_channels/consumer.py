@@ -72,8 +72,6 @@ from skapi_channels.send_buffer import ACCEPT_MARK
 
 logger = logging.getLogger("skapi_channels")
 
-# Oversized frames are still read for their id up to this size.
-ID_SCAN_LIMIT = 1024 * 1024
 
 
 class RealtimeConsumer(AsyncConsumer):
@@ -214,7 +212,7 @@ class RealtimeConsumer(AsyncConsumer):
         text = message.get("text")
         flooding = self.flood.frame()
         if not self.bucket.take():
-            frame_id = id_of_unparsed(text) if text and len(text) <= ID_SCAN_LIMIT else None
+            frame_id = id_of_unparsed(text) if text else None  # a bounded prefix
             await self.send_error(
                 RATE_LIMITED,
                 f"Too many frames: at most {conf.RATE_PER_SECOND:g} a second, "
@@ -229,7 +227,7 @@ class RealtimeConsumer(AsyncConsumer):
                 INVALID_REQUEST, "Binary frames are not accepted; send JSON text frames."
             )
         if utf8_length_over(text, conf.MAX_FRAME_BYTES):
-            frame_id = id_of_unparsed(text) if len(text) <= ID_SCAN_LIMIT else None
+            frame_id = id_of_unparsed(text)
             return await self.send_error(
                 TOO_LARGE, f"Frame is larger than {conf.MAX_FRAME_BYTES} bytes.", frame_id
             )

@@ -6,6 +6,7 @@ Pure functions, no I/O: the consumer calls them, and tests call them directly.
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Any
@@ -212,7 +213,9 @@ def parse_frame(text: str, max_group_name_length: int, history_size: int = 0) ->
         data = loads(text)
     except RecursionError:
         raise FrameError(
-            INVALID_REQUEST, "Frame is nested too deeply to be read.", top_level_id(text)
+            INVALID_REQUEST,
+            "Frame is nested too deeply to be read.",
+            top_level_id(text[:ID_SCAN_CHARS]),
         ) from None
     except ValueError:
         raise FrameError(INVALID_REQUEST, "Frame is not valid JSON.") from None
@@ -296,8 +299,34 @@ def not_open_sentence(cid: str) -> str:
     return f"Connection '{CID_PREFIX}{cid}' is not open."
 
 
+# A frame refused before it is parsed (too large, rate-limited, nested too deeply)
+# is read for its id in its first ID_SCAN_CHARS characters only: refusing costs a
+# small, bounded amount however large or deep the frame is.
+ID_SCAN_CHARS = 1024
+
+
+# An id that is the last member of the frame's object (where clients that add it
+# after building the frame put it): the closing brace must end the text.
+_TRAILING_ID = re.compile(r'[,{]\s*"id"\s*:\s*(-?\d{1,20}|"(?:[^"\\]|\\.){0,64}")\s*\}\s*$')
+
+
+def trailing_id(text: str) -> FrameId:
+    """The id of a frame whose object ends with it, read from its last characters."""
+    match = _TRAILING_ID.search(text[-(MAX_ID_LENGTH * 2 + 32) :])
+    if match is None:
+        return None
+    try:
+        return read_id({"id": _SCALAR.decode(match.group(1))})
+    except (ValueError, FrameError):
+        return None
+
+
 def id_of_unparsed(text: str) -> FrameId:
-    """Best effort: the id of a frame refused before parsing (too large, rate limited)."""
+    """Best effort: the id of a frame refused before parsing (too large, rate limited),
+    found in its first ``ID_SCAN_CHARS`` characters or at its very end."""
+    if len(text) > ID_SCAN_CHARS:
+        found = top_level_id(text[:ID_SCAN_CHARS])
+        return found if found is not None else trailing_id(text)
     try:
         data = loads(text)
         return read_id(data) if isinstance(data, dict) else None
@@ -315,7 +344,11 @@ def top_level_id(text: str) -> FrameId:
     recursion: nested values are skipped by counting brackets outside strings."""
     depth, index, length = 0, 0, len(text)
     expect_key = False
+    if not text.lstrip().startswith("{"):
+        return None  # not an object: no id
     while index < length:
+        if depth > length - index:
+            return None  # too deep to come back to the top level before the end
         char = text[index]
         if char == '"':
             try:

@@ -10,6 +10,11 @@ send): once more than ``SEND_BUFFER_LIMIT`` bytes wait for a client, further mes
 told ``USER_DISCONNECTED``. Under servers with backpressure (uvicorn) the consumer's
 send waits instead, its layer queue fills, and the client is told
 ``MISSED_MESSAGES``.
+
+The same wrapper caps what our sockets may receive: a frame over
+``SERVER_MAX_FRAME_BYTES`` (1 MiB) closes the socket with 1009 before it is read,
+however high daphne's own limit is set for the rest of the project. Frames between
+``MAX_FRAME_BYTES`` and that cap get ``TOO_LARGE`` and the socket stays open.
 """
 
 from __future__ import annotations
@@ -33,7 +38,9 @@ def pending_bytes(transport: Any) -> int:
 # it get the limit (servers ignore keys they do not know).
 ACCEPT_MARK = "skapi_channels.send_limit"
 # What the wrapper reads of daphne and Twisted; if any moved, it stands down.
-DAPHNE_ATTRIBUTES = ("serverSend", "serverClose", "handle_reply", "STATE_OPEN")
+DAPHNE_ATTRIBUTES = ("serverSend", "serverClose", "handle_reply", "STATE_OPEN", "CONFIG_ATTRS")
+# Options autobahn copies onto each protocol instance (its CONFIG_ATTRS).
+AUTOBAHN_OPTIONS = ("maxFramePayloadSize", "maxMessagePayloadSize")
 TWISTED_ATTRIBUTES = ("dataBuffer", "offset")
 
 
@@ -42,6 +49,12 @@ def missing_attributes(protocol_class: Any, transport_class: Any) -> list[str]:
         f"{protocol_class.__name__}.{name}"
         for name in DAPHNE_ATTRIBUTES
         if not hasattr(protocol_class, name)
+    ]
+    options = getattr(protocol_class, "CONFIG_ATTRS", ())
+    missing += [
+        f"{protocol_class.__name__}.CONFIG_ATTRS[{name!r}]"
+        for name in AUTOBAHN_OPTIONS
+        if name not in options
     ]
     missing += [
         f"{transport_class.__name__}.{name}"
@@ -81,6 +94,12 @@ def install_daphne_send_limit() -> None:
     def handle_reply(self: Any, message: dict[str, Any]) -> None:
         if message.get(ACCEPT_MARK) and message.get("type") == "websocket.accept":
             self._skapi_send_limit = True
+            cap = conf.SERVER_MAX_FRAME_BYTES
+            if cap:
+                # autobahn closes with 1009 as soon as a frame's header announces
+                # more, before reading it; for our sockets only, whatever daphne's
+                # own limit for the project is.
+                self.maxFramePayloadSize = self.maxMessagePayloadSize = cap
         original_reply(self, message)
 
     def serverSend(self: Any, content: Any, binary: bool = False) -> None:

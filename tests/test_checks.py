@@ -39,6 +39,8 @@ def test_defaults_pass():
         ({"RTC_ICE_SERVERS": "stun:stun.example.com"}, "skapi_channels.E012"),
         ({"RTC_ICE_SERVERS": [{"url": "stun:x"}]}, "skapi_channels.E012"),
         ({"TRUSTED_PROXIES": "127.0.0.1"}, "skapi_channels.E013"),
+        ({"SERVER_MAX_FRAME_BYTES": 32_768}, "skapi_channels.E014"),
+        ({"SERVER_MAX_FRAME_BYTES": -1}, "skapi_channels.E014"),
         ({"TRUSTED_PROXIES": ["nginx"]}, "skapi_channels.E013"),
         ({"REFUSED_HANDSHAKES_PER_MINUTE": -1}, "skapi_channels.E003"),
         ({"REVOCATION_SWEEP_INTERVAL": 0}, "skapi_channels.E004"),

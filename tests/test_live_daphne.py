@@ -19,13 +19,18 @@ from tests.live_server import Server
 from tests.test_slow_receiver import token_for
 
 LIMIT = 256 * 1024
+FRAME_CAP = 128 * 1024
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     live = Server(
         tmp_path_factory.mktemp("live"),
-        {"SEND_BUFFER_LIMIT": LIMIT, "REVOCATION_SWEEP_INTERVAL": 1},
+        {
+            "SEND_BUFFER_LIMIT": LIMIT,
+            "REVOCATION_SWEEP_INTERVAL": 1,
+            "SERVER_MAX_FRAME_BYTES": FRAME_CAP,
+        },
         application="tests.live_asgi:application",
     )
     live.prepare()
@@ -61,6 +66,25 @@ async def test_another_apps_socket_keeps_daphnes_own_send(server):
         await plain.send("echo still open")
         assert await plain.recv() == "still open"
     assert "stopped reading" not in server.log()
+
+
+async def test_frames_over_the_server_cap_close_our_sockets_only(server):
+    uri = f"ws://127.0.0.1:{server.port}/ws/realtime/?token={token_for(server, 'alice')}"
+    async with connect(uri, max_size=None) as alice:
+        # Over the protocol's limit, under the cap: refused, the socket stays.
+        await alice.send('{"id": 5, "content": "' + "x" * 100_000 + '"}')
+        assert '"#code":"TOO_LARGE"' in await alice.recv()
+        await alice.send("[" * (FRAME_CAP + 1))
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(alice.recv(), 10)
+        # 1009 from autobahn, unless it dropped the connection while the client was
+        # still writing the frame (1006): either way closed, the frame never read.
+        assert alice.close_code in (1009, 1006)
+    await asyncio.sleep(0.5)
+    assert "Traceback" not in server.log()
+    async with connect(f"ws://127.0.0.1:{server.port}/ws/plain/", max_size=None) as plain:
+        await plain.send("echo " + "y" * (FRAME_CAP + 1))
+        assert len(await asyncio.wait_for(plain.recv(), 10)) == FRAME_CAP + 1
 
 
 async def test_our_socket_is_still_bounded(server):

@@ -87,3 +87,44 @@ def test_token_bucket_allows_the_burst_then_the_rate(monkeypatch):
     assert sum(bucket.take() for _ in range(50)) == 40
     clock[0] += 0.5
     assert sum(bucket.take() for _ in range(50)) == 10
+
+
+# Refusals read a bounded amount of the frame for its id.
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ('{"id": 9, "content": "' + "x" * 40_000 + '"}', 9),
+        ('{"action": "broadcast", "content": "' + "x" * 40_000 + '", "id": "last"}', "last"),
+        ('{"content": {"id": 5}}' + " " * 2_000, None),  # not top-level
+        ('{"content": "' + "x" * 3_000 + ', \\"id\\": 5}"}', None),  # inside a string
+        ('{"content": [' + "[" * 5_000 + "]" * 5_000 + '], "id": 12 }', 12),
+        ('{"id": 1.5, "content": "' + "x" * 2_000 + '"}', None),
+        ('{"content": "' + "x" * 2_000 + '", "id": "' + "y" * 65 + '"}', None),
+        ("[" * 1_048_576, None),
+        ('{"content": ' + "[" * 1_048_576, None),
+        ('{"id": 3, "content": ' + "[" * 1_048_576, 3),
+    ],
+)
+def test_the_id_of_a_large_frame_is_read_from_its_ends(text, expected):
+    from skapi_channels.protocol import id_of_unparsed
+
+    assert id_of_unparsed(text) == expected
+
+
+def test_refusing_a_large_deep_frame_reads_a_bounded_prefix(monkeypatch):
+    from skapi_channels import protocol
+
+    seen: list[int] = []
+    original = protocol.top_level_id
+
+    def recording(text: str):
+        seen.append(len(text))
+        return original(text)
+
+    monkeypatch.setattr(protocol, "top_level_id", recording)
+    assert protocol.id_of_unparsed('{"content": ' + "[" * 1_048_576) is None
+    with pytest.raises(protocol.FrameError):
+        protocol.parse_frame('{"id": 4, "content": ' + "[" * 30_000 + "]" * 30_000 + "}", 128)
+    assert seen and max(seen) <= protocol.ID_SCAN_CHARS

@@ -75,3 +75,22 @@ async def test_a_failed_send_is_logged_at_its_level(users, connect, caplog, erro
     with caplog.at_level(logging.DEBUG, "skapi_channels"):
         await consumer.send_text("{}")
     assert [record.levelno for record in caplog.records] == [level]
+
+
+def test_the_send_limit_stands_down_when_daphne_moved(monkeypatch, caplog):
+    from daphne.ws_protocol import WebSocketProtocol
+
+    from skapi_channels import send_buffer
+
+    installed = WebSocketProtocol.serverSend, WebSocketProtocol.handle_reply
+    monkeypatch.setattr(send_buffer, "_installed", False)
+    monkeypatch.setattr(send_buffer, "DAPHNE_ATTRIBUTES", ("serverSendv2",))
+    with caplog.at_level(logging.WARNING, "skapi_channels"):
+        send_buffer.install_daphne_send_limit()
+        send_buffer.install_daphne_send_limit()  # once
+    assert (WebSocketProtocol.serverSend, WebSocketProtocol.handle_reply) == installed
+    assert caplog.text.count("WebSocketProtocol.serverSendv2") == 1
+    assert send_buffer.missing_attributes(WebSocketProtocol, object)[-2:] == [
+        "object.dataBuffer",
+        "object.offset",
+    ]
