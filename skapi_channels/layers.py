@@ -46,6 +46,7 @@ from channels_redis.core import RedisChannelLayer as BaseRedisChannelLayer
 from redis import exceptions as redis_errors
 
 from skapi_channels.metrics import drops
+from skapi_channels.protocol import EVENT_MISSED
 
 logger = logging.getLogger("skapi_channels")
 
@@ -182,7 +183,7 @@ class RedisChannelLayer(BaseRedisChannelLayer):
         reported = False
         while True:
             if self.missed.get(channel):
-                return {"type": "skapi.missed", "count": self.missed.pop(channel)}
+                return {"type": EVENT_MISSED, "count": self.missed.pop(channel)}
             try:
                 message: dict[str, Any] = await super().receive(channel)
             except asyncio.CancelledError:
@@ -281,21 +282,38 @@ class RedisChannelLayer(BaseRedisChannelLayer):
             self._missed_task = loop.create_task(self._collect_missed())
 
     async def _collect_missed(self) -> None:
-        key = f"{self.prefix}specific.{self.client_prefix}!$missed"
-        index = self.consistent_hash(f"specific.{self.client_prefix}!")
+        """Collect every ``missed_poll`` seconds until the layer closes; a round that
+        fails is logged (an outage quietly) and the next one runs."""
         while True:
             await asyncio.sleep(self.missed_poll)
             try:
-                pairs = await self.connection(index).eval(TAKE_MISSED_LUA, 1, key)
+                await self._collect_missed_once()
             except REDIS_DOWN:
                 continue
-            for name, count in zip(pairs[::2], pairs[1::2], strict=True):
-                channel = name.decode() if isinstance(name, bytes) else str(name)
-                if channel in self._reporting:
-                    self.missed[channel] += int(count)
-                    # Through Redis: a receive waiting on it returns, then reports.
-                    with contextlib.suppress(ChannelFull, *REDIS_DOWN):
-                        await BaseRedisChannelLayer.send(self, channel, dict(WAKE))
+            except Exception:
+                logger.exception("Collecting missed counts failed; the next round retries")
+
+    async def _collect_missed_once(self) -> None:
+        key = f"{self.prefix}specific.{self.client_prefix}!$missed"
+        index = self.consistent_hash(f"specific.{self.client_prefix}!")
+        pairs = await self.connection(index).eval(TAKE_MISSED_LUA, 1, key)
+        for name, count in zip(pairs[::2], pairs[1::2], strict=True):
+            channel = name.decode() if isinstance(name, bytes) else str(name)
+            if channel in self._reporting:
+                self.missed[channel] += int(count)
+                # Through Redis: a receive waiting on it returns, then reports.
+                with contextlib.suppress(ChannelFull, *REDIS_DOWN):
+                    await BaseRedisChannelLayer.send(self, channel, dict(WAKE))
+
+    async def close_pools(self) -> None:
+        """Stop collecting missed counts, then close the connections."""
+        task, self._missed_task, self._missed_loop = self._missed_task, None, None
+        if task is not None and not task.done():
+            task.cancel()
+            if task.get_loop() is asyncio.get_running_loop():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await super().close_pools()
 
     def missed_locally(self, channel: str) -> None:
         if channel in self._reporting:

@@ -71,6 +71,34 @@ async def test_receivers_that_missed_messages_are_told(layer: RedisChannelLayer)
     assert runtime.counters["dropped"] == 6  # two messages for three receivers
 
 
+async def test_collecting_missed_counts_survives_errors_and_stops_on_close(
+    layer: RedisChannelLayer, caplog: pytest.LogCaptureFixture
+) -> None:
+    layer.missed_poll = 0.02
+    rounds = {"failed": 0, "done": 0}
+    collect = layer._collect_missed_once
+
+    async def flaky() -> None:
+        if rounds["failed"] < 2:
+            rounds["failed"] += 1
+            raise KeyError("a bug in one round")
+        rounds["done"] += 1
+        await collect()
+
+    layer._collect_missed_once = flaky  # type: ignore[method-assign]
+    layer.report_missed_to(await layer.new_channel())
+    task = layer._missed_task
+    assert task is not None
+    for _ in range(200):
+        if rounds["done"]:
+            break
+        await asyncio.sleep(0.02)
+    assert rounds["failed"] == 2 and rounds["done"] >= 1 and not task.done()
+    assert caplog.text.count("Collecting missed counts failed") == 2
+    await layer.close_pools()
+    assert task.cancelled() and layer._missed_task is None
+
+
 async def test_send_to_a_full_channel_raises_and_counts(layer: RedisChannelLayer) -> None:
     channel = await layer.new_channel()
     await layer.send(channel, {"type": "x"})
