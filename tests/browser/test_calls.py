@@ -205,6 +205,9 @@ def test_calling_a_closed_connection_rejects(login: Callable[[str], User]) -> No
         [True, "INVALID_PARAMETER", '"cid" should be a valid connection id.'],
         [True, "INVALID_REQUEST", "Connection 'cid:nobody' is not open."],
     ]
+    # A call that never rang ends without an rtc:closed or a closing state.
+    ends = [e for e in log(alice) if e["type"] in ("rtc:closed", "connectionstatechange")]
+    assert ends == []
     assert alice.errors == []
 
 

@@ -1368,8 +1368,9 @@
     };
 
     // Ends the call with `cid`: closes its channels and peer, tells the other
-    // side (`tell`) unless it hung up itself, and emits `rtc:closed` once.
-    SkapiRealtime.prototype._endCall = function (cid, tell, data) {
+    // side (`tell`) unless it hung up itself, and emits `rtc:closed` once
+    // (`quiet`: a call that never rang, whose connectRTC rejects, emits nothing).
+    SkapiRealtime.prototype._endCall = function (cid, tell, data, quiet) {
         var calls = this._calls || {};
         var ended = this._ended || (this._ended = {});
         var call = calls[cid];
@@ -1399,6 +1400,9 @@
             if (peer.connectionState !== 'closed') {
                 peer.close();
             }
+            if (quiet) {
+                call.callback = null;
+            }
             this._rtcEmit(call, {
                 type: 'connectionstatechange', target: peer, timestamp: now(), state: peer.connectionState,
                 iceState: peer.iceConnectionState, signalingState: peer.signalingState
@@ -1409,6 +1413,10 @@
         }
         if (call.ringing) {
             call.ringing = null; // as in skapi-js, an unanswered `connection` stays pending
+        }
+        if (quiet) {
+            delete ended[cid];
+            return;
         }
         // The event names the other side, whichever side ended the call.
         this._emit('rtc:closed', data ? data['#rtc'] : null, data || { '#scid': cid.slice(4), '#user_id': call.userId });
@@ -1502,7 +1510,7 @@
         }).catch(function (err) {
             if (call && self._calls && self._calls[cid] === call) {
                 call.ringing = null;
-                self._endCall(cid, false, null);
+                self._endCall(cid, false, null, true);
             }
             throw err instanceof SkapiError ? err : skapiError('ERROR', String(err && err.message || err));
         });
