@@ -69,8 +69,8 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:  # noqa: C901
     if not isinstance(user, dict):
         return [
             Error(
-                "SKAPI_CHANNELS must be a dict.",
-                hint="Set SKAPI_CHANNELS = {} or a dict of the settings to change.",
+                _("SKAPI_CHANNELS must be a dict."),
+                hint=_("Set SKAPI_CHANNELS = {} or a dict of the settings to change."),
                 id="skapi_channels.E001",
             )
         ]
@@ -78,8 +78,8 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:  # noqa: C901
     for name in sorted(set(user) - set(DEFAULTS)):
         errors.append(
             Error(
-                f"SKAPI_CHANNELS has an unknown setting {name!r}.",
-                hint="Known settings: " + ", ".join(sorted(DEFAULTS)) + ".",
+                _("SKAPI_CHANNELS has an unknown setting %(name)r.") % {"name": name},
+                hint=_("Known settings: %(names)s.") % {"names": ", ".join(sorted(DEFAULTS))},
                 id="skapi_channels.E002",
             )
         )
@@ -88,8 +88,9 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:  # noqa: C901
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             errors.append(
                 Error(
-                    f"SKAPI_CHANNELS[{name!r}] must be a positive integer, not {value!r}.",
-                    hint=f"The default is {DEFAULTS[name]!r}.",
+                    _("SKAPI_CHANNELS[%(name)r] must be a positive integer, not %(value)r.")
+                    % {"name": name, "value": value},
+                    hint=_("The default is %(default)r.") % {"default": DEFAULTS[name]},
                     id="skapi_channels.E003",
                 )
             )
@@ -98,8 +99,10 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:  # noqa: C901
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             errors.append(
                 Error(
-                    f"SKAPI_CHANNELS[{name!r}] must be a whole number, not {value!r}.",
-                    hint=f"0 turns the limit off; the default is {DEFAULTS[name]!r}.",
+                    _("SKAPI_CHANNELS[%(name)r] must be a whole number, not %(value)r.")
+                    % {"name": name, "value": value},
+                    hint=_("0 turns the limit off; the default is %(default)r.")
+                    % {"default": DEFAULTS[name]},
                     id="skapi_channels.E003",
                 )
             )
@@ -108,8 +111,9 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:  # noqa: C901
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             errors.append(
                 Error(
-                    f"SKAPI_CHANNELS[{name!r}] must be a positive number, not {value!r}.",
-                    hint=f"The default is {DEFAULTS[name]!r}.",
+                    _("SKAPI_CHANNELS[%(name)r] must be a positive number, not %(value)r.")
+                    % {"name": name, "value": value},
+                    hint=_("The default is %(default)r.") % {"default": DEFAULTS[name]},
                     id="skapi_channels.E004",
                 )
             )
@@ -118,8 +122,9 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:  # noqa: C901
         if reason:
             errors.append(
                 Error(
-                    f"SKAPI_CHANNELS[{name!r}] must be a callable or its dotted path: {reason}.",
-                    hint=f"The default is {DEFAULTS[name]!r}.",
+                    _("SKAPI_CHANNELS[%(name)r] must be a callable or its dotted path: %(reason)s.")
+                    % {"name": name, "reason": reason},
+                    hint=_("The default is %(default)r.") % {"default": DEFAULTS[name]},
                     id="skapi_channels.E005",
                 )
             )
@@ -132,17 +137,20 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:  # noqa: C901
     ):
         errors.append(
             Error(
-                "SKAPI_CHANNELS['DEAD_AFTER'] must be at least twice HEARTBEAT_INTERVAL, "
-                "or live processes are taken for dead.",
-                hint=f"DEAD_AFTER is {dead_after!r}, HEARTBEAT_INTERVAL is {heartbeat!r}.",
+                _(
+                    "SKAPI_CHANNELS['DEAD_AFTER'] must be at least twice HEARTBEAT_INTERVAL, "
+                    "or live processes are taken for dead."
+                ),
+                hint=_("DEAD_AFTER is %(dead_after)r, HEARTBEAT_INTERVAL is %(heartbeat)r.")
+                % {"dead_after": dead_after, "heartbeat": heartbeat},
                 id="skapi_channels.E006",
             )
         )
     if not isinstance(user.get("WEBSOCKET_PATH", DEFAULTS["WEBSOCKET_PATH"]), str):
         errors.append(
             Error(
-                "SKAPI_CHANNELS['WEBSOCKET_PATH'] must be a string.",
-                hint=f"The default is {DEFAULTS['WEBSOCKET_PATH']!r}.",
+                _("SKAPI_CHANNELS['WEBSOCKET_PATH'] must be a string."),
+                hint=_("The default is %(default)r.") % {"default": DEFAULTS["WEBSOCKET_PATH"]},
                 id="skapi_channels.E007",
             )
         )
@@ -152,9 +160,12 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:  # noqa: C901
         if reason:
             errors.append(
                 Error(
-                    f"SKAPI_CHANNELS[{name!r}] must be None, a callable or its dotted path: "
-                    f"{reason}.",
-                    hint="The default None lets everyone.",
+                    _(
+                        "SKAPI_CHANNELS[%(name)r] must be None, a callable or its dotted path: "
+                        "%(reason)s."
+                    )
+                    % {"name": name, "reason": reason},
+                    hint=_("The default None lets everyone."),
                     id="skapi_channels.E008",
                 )
             )
@@ -162,9 +173,12 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:  # noqa: C901
     if isinstance(length, int) and length > MAX_STORED_GROUP_NAME:
         errors.append(
             Error(
-                f"SKAPI_CHANNELS['MAX_GROUP_NAME_LENGTH'] must be at most "
-                f"{MAX_STORED_GROUP_NAME}, not {length!r}: longer names do not fit the tables.",
-                hint="The protocol's default is 128.",
+                _(
+                    "SKAPI_CHANNELS['MAX_GROUP_NAME_LENGTH'] must be at most %(most)d, not "
+                    "%(length)r: longer names do not fit the tables."
+                )
+                % {"most": MAX_STORED_GROUP_NAME, "length": length},
+                hint=_("The protocol's default is 128."),
                 id="skapi_channels.E010",
             )
         )
@@ -173,8 +187,8 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:  # noqa: C901
     if reason:
         errors.append(
             Error(
-                f"SKAPI_CHANNELS['TRUSTED_PROXIES'] {reason}.",
-                hint='List the proxies in front of the server, e.g. ["127.0.0.1", "10.0.0.0/8"].',
+                _("SKAPI_CHANNELS['TRUSTED_PROXIES'] %(reason)s.") % {"reason": reason},
+                hint=_('List the proxies in front of the server, e.g. ["127.0.0.1", "10.0.0.0/8"].'),
                 id="skapi_channels.E013",
             )
         )
@@ -182,8 +196,9 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:  # noqa: C901
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         errors.append(
             Error(
-                f"SKAPI_CHANNELS['SEND_BUFFER_LIMIT'] must be a whole number of bytes, not {limit!r}.",
-                hint="0 turns the limit off; the default is 4 MiB.",
+                _("SKAPI_CHANNELS['SEND_BUFFER_LIMIT'] must be a whole number of bytes, not %(limit)r.")
+                % {"limit": limit},
+                hint=_("0 turns the limit off; the default is 4 MiB."),
                 id="skapi_channels.E009",
             )
         )
@@ -194,9 +209,13 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:  # noqa: C901
     ):
         errors.append(
             Error(
-                "SKAPI_CHANNELS['SERVER_MAX_FRAME_BYTES'] must be 0 or a whole number of bytes "
-                f"above MAX_FRAME_BYTES, not {cap!r}: frames between the two get TOO_LARGE.",
-                hint="0 leaves daphne's own limit; the default is 1 MiB.",
+                _(
+                    "SKAPI_CHANNELS['SERVER_MAX_FRAME_BYTES'] must be 0 or a whole number of "
+                    "bytes above MAX_FRAME_BYTES, not %(cap)r: frames between the two get "
+                    "TOO_LARGE."
+                )
+                % {"cap": cap},
+                hint=_("0 leaves daphne's own limit; the default is 1 MiB."),
                 id="skapi_channels.E014",
             )
         )
@@ -207,10 +226,14 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:  # noqa: C901
         if isinstance(value, bool) or not isinstance(value, kinds) or value < 0:
             errors.append(
                 Error(
-                    f"SKAPI_CHANNELS[{name!r}] must be a "
-                    f"{'whole number' if whole else 'number'} of "
-                    f"{'messages' if whole else 'seconds'} (0 or more), not {value!r}.",
-                    hint=f"0 turns history off; the default is {DEFAULTS[name]!r}.",
+                    (
+                        _("SKAPI_CHANNELS[%(name)r] must be a whole number of messages (0 or more), not %(value)r.")
+                        if whole
+                        else _("SKAPI_CHANNELS[%(name)r] must be a number of seconds (0 or more), not %(value)r.")
+                    )
+                    % {"name": name, "value": value},
+                    hint=_("0 turns history off; the default is %(default)r.")
+                    % {"default": DEFAULTS[name]},
                     id="skapi_channels.E011",
                 )
             )
@@ -221,9 +244,12 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:  # noqa: C901
     ):
         errors.append(
             Error(
-                "SKAPI_CHANNELS['RTC_ICE_SERVERS'] must be a list of RTCIceServer dicts, "
-                f"each with 'urls', not {servers!r}.",
-                hint='For example [{"urls": "stun:stun.example.com:3478"}].',
+                _(
+                    "SKAPI_CHANNELS['RTC_ICE_SERVERS'] must be a list of RTCIceServer dicts, "
+                    "each with 'urls', not %(servers)r."
+                )
+                % {"servers": servers},
+                hint=_('For example [{"urls": "stun:stun.example.com:3478"}].'),
                 id="skapi_channels.E012",
             )
         )
