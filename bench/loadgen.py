@@ -446,8 +446,10 @@ class Run:
                 await client.join(f"churn{index % groups}")
 
         start = perf()
+        cpu0 = total_cpu_seconds(self.spec.get("pids", []))
         await asyncio.gather(*(loop(i, c) for i, (c, _) in enumerate(clients)))
         elapsed = perf() - start
+        cpu = server_cpu(self.spec, cpu0, ops[0])
         await self.quiet(0.3, 10)
         result: dict[str, Any] = {
             "clients": count,
@@ -456,6 +458,7 @@ class Run:
             "ops_per_s": round(ops[0] / elapsed, 1),
             "failures": failures[0],
             **percentiles(latencies),
+            **cpu,
         }
         if self.spec.get("check_cmd"):
             process = await asyncio.create_subprocess_exec(
@@ -500,8 +503,10 @@ class Run:
             joins.append(now - began)
             last[0] = max(last[0], now)
 
+        cpu0 = total_cpu_seconds(self.spec.get("pids", []))
         await asyncio.gather(*(one(i) for i in range(count)))
         elapsed = last[0] - start
+        cpu = server_cpu(self.spec, cpu0, count)  # per client: handshake and join
         hs, jn = percentiles(handshakes), percentiles(joins)
         result: dict[str, Any] = {
             "clients": count,
@@ -514,6 +519,7 @@ class Run:
             "handshake_p99_ms": hs["p99_ms"],
             "join_p50_ms": jn["p50_ms"],
             "join_p99_ms": jn["p99_ms"],
+            **cpu,
         }
         if self.spec.get("check_cmd"):
             process = await asyncio.create_subprocess_exec(
@@ -612,6 +618,7 @@ class Run:
                 busy.discard(index)
 
         start = perf()
+        cpu0 = total_cpu_seconds(self.spec.get("pids", []))
         total = int(rate * duration)
         skipped = 0
         for step in range(total):
@@ -637,6 +644,7 @@ class Run:
             "skipped": skipped,
             "failures": failures[0],
             **percentiles(latencies),
+            **server_cpu(self.spec, cpu0, len(latencies)),
         }
 
     async def memory(self) -> dict[str, Any]:
@@ -661,6 +669,27 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def total_cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes have used so far (0 for one that is gone)."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(pid)
+    return total
+
+
+def server_cpu(spec: dict[str, Any], began: float, ops: int) -> dict[str, Any]:
+    """The servers' CPU time since ``began`` (total_cpu_seconds), per operation: a figure
+    that other load on the machine disturbs less than a rate does."""
+    if not spec.get("pids"):
+        return {}
+    used = total_cpu_seconds(spec["pids"]) - began
+    return {
+        "server_cpu_s": round(used, 2),
+        "server_cpu_ms_per_op": round(1000 * used / ops, 3) if ops else None,
+    }
 
 
 def rss_kib(pid: int) -> int:

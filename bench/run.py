@@ -416,6 +416,7 @@ def run_scenario(
     if scenario == "churn":
         with Servers(name, target) as servers:
             spec = {**base, "scenario": "churn", "ports": servers.ports, **p["churn"]}
+            spec["pids"] = servers.pids
             if env is not None:
                 spec["check_cmd"] = [PY, "-m", "bench.dbtool", "check"]
                 spec["check_env"] = env
@@ -428,6 +429,7 @@ def run_scenario(
     if scenario in ("storm", "paced"):
         with Servers(name, target) as servers:
             spec = {**base, "scenario": scenario, "ports": servers.ports, **p[scenario]}
+            spec["pids"] = servers.pids
             if scenario == "storm" and env is not None:
                 spec["check_cmd"] = [PY, "-m", "bench.dbtool", "check"]
                 spec["check_env"] = env
@@ -603,6 +605,13 @@ def fanout_at(results: dict[str, Any], target: str, n: int) -> dict[str, Any] | 
     return None
 
 
+def largest_batch(result: dict[str, Any]) -> str:
+    """The largest presence batch any server process reported, or "–"."""
+    sizes = [row.get("presence_largest_batch") for row in result.get("batches") or []]
+    sizes = [size for size in sizes if size is not None]
+    return str(max(sizes)) if sizes else "–"
+
+
 def tables(data: dict[str, Any]) -> str:
     res = data["results"]
     lines: list[str] = []
@@ -666,8 +675,8 @@ def tables(data: dict[str, Any]) -> str:
             "### Reconnect storm: N clients connect and join their groups at once",
             "",
             "| target | clients | joined | all joined s | handshake p50 ms | p99 ms |"
-            " join p50 ms | p99 ms | presence check |",
-            "|---|---|---|---|---|---|---|---|---|",
+            " join p50 ms | p99 ms | presence check | server CPU ms/client | largest batch |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, st in storms:
             check = st.get("presence_check")
@@ -680,6 +689,7 @@ def tables(data: dict[str, Any]) -> str:
                 f"| {name} | {st['clients']:,} | {st['joined']:,} | {fmt(st['all_joined_s'], 2)} |"
                 f" {fmt(st['handshake_p50_ms'], 1)} | {fmt(st['handshake_p99_ms'], 1)} |"
                 f" {fmt(st['join_p50_ms'], 1)} | {fmt(st['join_p99_ms'], 1)} | {check_text} |"
+                f" {fmt(st.get('server_cpu_ms_per_op'), 2)} | {largest_batch(st)} |"
             )
         lines.append("")
     reaps = [(name, r["reap"]) for name, r in res.items() if r.get("reap")]
@@ -705,13 +715,15 @@ def tables(data: dict[str, Any]) -> str:
         lines += [
             "### Paced churn: joins at a fixed rate",
             "",
-            "| target | clients | rate joins/s | joins | p50 ms | p99 ms | failures |",
-            "|---|---|---|---|---|---|---|",
+            "| target | clients | rate joins/s | joins | p50 ms | p99 ms | failures |"
+            " server CPU ms/join |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for name, pc in paced:
             lines.append(
                 f"| {name} | {pc['clients']} | {pc['rate']} | {pc['joins']} |"
                 f" {fmt(pc['p50_ms'], 1)} | {fmt(pc['p99_ms'], 1)} | {pc['failures']} |"
+                f" {fmt(pc.get('server_cpu_ms_per_op'), 2)} |"
             )
         lines.append("")
     for name, r in res.items():

@@ -92,11 +92,13 @@ class GroupCreationRefused(Exception):
 # name, then online users by user_id, so concurrent transactions cannot deadlock.
 # Many changes go together in multi-row statements.
 
-# Rows per statement: keeps every statement well under SQLite's parameter limit.
-ROWS_PER_STATEMENT = 200
+# Rows per statement: well under SQLite's parameter limit (999 in older builds);
+# PostgreSQL takes 65,535 parameters.
+ROWS_PER_STATEMENT = {"sqlite": 200, "postgresql": 1000}
 
 
-def _chunks(items: Sequence[T], size: int = ROWS_PER_STATEMENT) -> Iterator[Sequence[T]]:
+def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
+    size = ROWS_PER_STATEMENT.get(connection.vendor, 200)
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
