@@ -9,6 +9,7 @@ import random
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -18,7 +19,13 @@ from django.db import IntegrityError, connections
 from django.utils import timezone
 
 from skapi_channels import handshake, presence
-from skapi_channels.models import Connection, GroupMembership, OnlineUser, RealtimeGroup
+from skapi_channels.models import (
+    Connection,
+    GroupMembership,
+    OnlineUser,
+    RealtimeGroup,
+    ServerProcess,
+)
 from skapi_channels.presence import (
     CREATED,
     GONE,
@@ -29,6 +36,7 @@ from skapi_channels.presence import (
     apply_writes,
 )
 from skapi_channels.presence_batch import GroupCommit
+from skapi_channels.runtime import runtime
 from skapi_channels.tokens import issue_token
 from tests.conftest import in_db, session_key_for
 
@@ -407,4 +415,34 @@ async def test_a_burst_of_handshakes_gets_each_its_own_user(users, connect, pres
     )
     for communicator in communicators:
         await communicator.disconnect()
+    await in_db(presence_is_true)
+
+
+async def test_a_dead_process_with_many_connections_is_reaped_with_every_notice(
+    users, connect, presence_is_true
+):
+    def dead_server() -> None:
+        presence.register_server("dead", "lost", 9, timezone.now() - timedelta(hours=1))
+        ServerProcess.objects.filter(id="dead").update(
+            heartbeat_at=timezone.now() - timedelta(hours=1)
+        )
+        apply_writes([opened(f"d{n}", f"u{n % 7}", server="dead") for n in range(120)])
+        apply_writes(
+            [
+                MoveConnection(f"d{n}", f"u{n % 7}", None, "Room" if n % 2 else "Hall")
+                for n in range(120)
+            ]
+        )
+
+    await in_db(dead_server)
+    a = await connect(users.alice)
+    await a.join("Room")
+    departures = await runtime.reap()
+    assert len(departures) == 120
+    notices = [await a.receive() for _ in range(60)]
+    assert {notice["#code"] for notice in notices} == {"USER_DISCONNECTED"}
+    assert sorted(notice["#scid"] for notice in notices) == sorted(
+        f"d{n}" for n in range(1, 120, 2)
+    )
+    await a.nothing()
     await in_db(presence_is_true)
