@@ -544,17 +544,27 @@ class Run:
             await client.join(f"reap{group}")
             observers.append(client)
             self.clients.append(client)
-        in_flight = asyncio.Semaphore(100)
+        in_flight = asyncio.Semaphore(50)
         users = self.users[1:] or self.users
 
         async def one(index: int) -> None:
-            client = Client(self.kind, self.stats)
-            async with in_flight:
-                await client.connect(
-                    self.host, victim, f"{self.path}?token={users[index % len(users)]['token']}"
-                )
-                self.clients.append(client)
-                await client.join(f"reap{index % groups}")
+            # The set-up, not the measure: a handshake the loaded server dropped is retried.
+            for attempt in range(5):
+                client = Client(self.kind, self.stats)
+                async with in_flight:
+                    try:
+                        await client.connect(
+                            self.host,
+                            victim,
+                            f"{self.path}?token={users[index % len(users)]['token']}",
+                        )
+                    except (OSError, TimeoutError):
+                        if attempt == 4:
+                            raise
+                        continue
+                    self.clients.append(client)
+                    await client.join(f"reap{index % groups}")
+                    return
 
         await asyncio.gather(*(one(i) for i in range(count)))
         notices = [0]
