@@ -72,6 +72,15 @@ TARGETS: dict[str, dict[str, Any]] = {
     "websockets": dict(kind="bare", backend="none", server="websockets", procs=1),
 }
 QUICK_TARGETS = ("app/embedded/daphne", "bare/inmemory/daphne", "websockets")
+DEFAULT_TARGETS = tuple(TARGETS)
+# The app with history off (docs/protocol.md section 11), for bench/history.py's
+# comparison in one run; not part of the default run.
+TARGETS.update(
+    {
+        f"{name}+nohistory": {**TARGETS[name], "overrides": {"HISTORY_SIZE": 0}}
+        for name in ("app/embedded/daphne", "app/redis+pg/daphne")
+    }
+)
 # Which targets run which scenario (listing is the app's alone; memory on one process).
 SCENARIO_TARGETS = {
     "fanout": tuple(TARGETS),
@@ -263,7 +272,7 @@ class Servers:
         self, name: str, target: dict[str, Any], overrides: dict[str, Any] | None = None
     ) -> None:
         self.name, self.target = name, target
-        self.overrides = overrides or {}
+        self.overrides = overrides or target.get("overrides") or {}
         self.ports: list[int] = []
         self.processes: list[subprocess.Popen[bytes]] = []
 
@@ -1005,7 +1014,7 @@ def main() -> int:
     if args.budget is None:
         args.budget = 150 if args.quick else 2100
     scenarios = args.scenario or list(SCENARIOS)
-    names = args.target or list(QUICK_TARGETS if args.quick else TARGETS)
+    names = args.target or list(QUICK_TARGETS if args.quick else DEFAULT_TARGETS)
     services = {"pg": reachable(5432), "redis": reachable(6379)}
     skipped = [
         name

@@ -8,6 +8,9 @@ fetched per row. The actions need a permission beyond viewing:
 - "Disconnect the selected connections": ``skapi_channels.delete_connection``;
 - "Send a notice to the selected groups": ``skapi_channels.change_realtimegroup``.
 
+A group's page shows the messages its stream keeps (docs/protocol.md section 11),
+read-only, to staff who may view groups.
+
 The monitoring page is at ``<admin>/skapi_channels/serverprocess/monitoring/``
 (linked from each changelist) for staff who may view server processes.
 """
@@ -27,7 +30,7 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
@@ -35,6 +38,7 @@ from django.utils.translation import ngettext
 from skapi_channels import api, charts, monitoring
 from skapi_channels.conf import conf
 from skapi_channels.models import Connection, RealtimeGroup, ServerProcess
+from skapi_channels.protocol import dumps
 
 CHANGE_LIST_TEMPLATE = "admin/skapi_channels/change_list.html"
 
@@ -76,6 +80,7 @@ class RealtimeGroupAdmin(ReadOnlyAdmin):
     search_fields = ("name",)
     ordering = ("-number_of_users", "name")
     actions = ("send_notice",)
+    readonly_fields = ("kept_messages",)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[RealtimeGroup]:
         return super().get_queryset(request).annotate(open=monitoring.connections_in_group())
@@ -85,6 +90,33 @@ class RealtimeGroupAdmin(ReadOnlyAdmin):
         url = reverse(f"{self.admin_site.name}:skapi_channels_connection_changelist")
         return format_html(
             '<a href="{}?{}">{}</a>', url, urlencode({"group": group.name}), group.open
+        )
+
+    @admin.display(description=_("kept messages"))
+    def kept_messages(self, group: RealtimeGroup) -> str:
+        """The group's kept history, oldest first (what a join with ``last`` replays)."""
+        if conf.HISTORY_SIZE <= 0 or conf.HISTORY_TTL <= 0:
+            return _("History is off (HISTORY_SIZE or HISTORY_TTL is 0).")
+        kept = api.history(group.name, last=conf.HISTORY_SIZE)
+        if not kept.epoch:
+            return _("This channel layer keeps no history.")
+        if not kept.messages:
+            return _("No message kept.")
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+            (
+                (m["#offset"], m["#user_id"] or "(server)", _shorten(dumps(m["#message"])))
+                for m in kept.messages
+            ),
+        )
+        return format_html(
+            "<table><thead><tr><th>{}</th><th>{}</th><th>{}</th></tr></thead>"
+            "<tbody>{}</tbody></table>",
+            _("offset"),
+            _("user_id"),
+            _("content"),
+            rows,
         )
 
     def has_notice_permission(self, request: HttpRequest) -> bool:
@@ -120,6 +152,10 @@ class RealtimeGroupAdmin(ReadOnlyAdmin):
             "media": self.media,
         }
         return TemplateResponse(request, "admin/skapi_channels/send_notice.html", context)
+
+
+def _shorten(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 async def send_notices(groups: list[str], sentence: str) -> None:

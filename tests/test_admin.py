@@ -288,3 +288,32 @@ async def test_notice_action_refuses_an_empty_sentence(users, connect):
     assert response.status_code == 200
     assert b"This field is required" in response.content
     await alice.nothing()
+
+
+# A group's kept history.
+
+
+async def test_a_group_page_shows_its_kept_messages_to_staff_who_may_view(users, connect):
+    from django.test import override_settings
+
+    from skapi_channels import api
+
+    alice = await connect(users.alice)
+    await alice.join("kitchen-hist")
+    await alice.send({"action": "broadcast", "rid": "kitchen-hist", "content": {"t": "<b>hi</b>"}})
+    await api.abroadcast("kitchen-hist", "from the site")
+    for _ in range(2):
+        await alice.receive()
+    pk = await in_db(lambda: RealtimeGroup.objects.get(name="kitchen-hist").pk)
+    url = f"{CHANGELISTS['group']}{pk}/change/"
+    viewer = await in_db(staff_with, "view_realtimegroup")
+    page = (await in_db(viewer.get, url)).content.decode()
+    assert "kept messages" in page.lower()
+    assert "{&quot;t&quot;:&quot;&lt;b&gt;hi&lt;/b&gt;&quot;}" in page  # escaped
+    assert "from the site" in page and "(server)" in page
+    assert 'name="_save"' not in page
+    nobody = await in_db(staff_with)
+    assert (await in_db(nobody.get, url)).status_code == 403
+    with override_settings(SKAPI_CHANNELS={"HISTORY_SIZE": 0}):
+        off = (await in_db(viewer.get, url)).content.decode()
+    assert "History is off" in off
