@@ -195,8 +195,8 @@ def test_closing_while_opening_and_callbacks(login: Callable[[str], User]) -> No
     assert alice.errors == []
 
 
-# 4001 (revocation) and 4008 (ten seconds of flooding) as the socket reports
-# them; a real 4000 from the admin follows below.
+# Each code as the socket reports it (4008 takes ten seconds of flooding to get
+# for real); a real 4000 from the admin and a real 4001 from a logout follow below.
 @pytest.mark.parametrize("code", [4000, 4001, 4008])
 def test_final_close_codes_stop_reconnecting(login: Callable[[str], User], code: int) -> None:
     alice = login("alice")
@@ -428,3 +428,31 @@ def test_keepalive_falls_back_to_a_timer_under_csp(
     )
     assert outcome["kind"] == "timer"
     assert outcome["pings"] >= 2
+
+
+def test_logging_out_is_final(login: Callable[[str], User]) -> None:
+    """A real 4001: logging out closes the user's sockets (revocation), and the
+    client says so instead of reconnecting."""
+    bob = login("bob")
+    group = unique("Revoked")
+    bob.evaluate(CLIENT, {"reconnectDelay": 50})
+    bob.evaluate(
+        "async (g) => { await t.client.connectRealtime(t.record); await t.client.joinRealtime({group: g}); }",
+        group,
+    )
+    status = bob.evaluate(
+        """async () => {
+            const csrf = document.cookie.match(/csrftoken=([^;]+)/)[1];
+            const response = await fetch('/logout/', {
+                method: 'POST', credentials: 'same-origin', headers: { 'X-CSRFToken': csrf },
+            });
+            return response.status;
+        }"""
+    )
+    assert status in (200, 302)
+    wait_for(bob, "() => t.events.some(e => e.type === 'error')")
+    bob.page.wait_for_timeout(600)  # several backoff steps: nothing follows
+    seen = events(bob)
+    assert [e["type"] for e in seen] == ["success", "error"]
+    assert (seen[-1]["code"], seen[-1]["close_code"]) == ("REVOKED", 4001)
+    assert bob.evaluate("() => t.client.state") == "closed"
