@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.browser.harness import Server, User, free_port
-from tests.browser.test_chat import unique, user_id
+from tests.browser.test_chat import join_with_form, unique, user_id
 from tests.browser.test_client import CLIENT, events, wait_for
 
 pytestmark = pytest.mark.browser
@@ -187,3 +187,22 @@ def test_recovery_impossible_is_told_as_missed_messages(
     wait_for(alice, "() => t.events.some(e => e.type === 'message' && e.message === 'after')")
     for user in (alice, bob):
         user.evaluate("() => t.client.closeRealtime()")
+
+
+def test_the_demo_chat_shows_recent_messages_on_join(login: Callable[[str], User]) -> None:
+    alice, bob = login("alice"), login("bob")
+    group = unique("Recent")
+    bob.evaluate(CLIENT)
+    bob.evaluate(
+        "async (g) => { await t.client.connectRealtime(t.record);"
+        " await t.client.joinRealtime({group: g});"
+        " await t.client.postRealtime('said before', g); }",
+        group,
+    )
+    join_with_form(alice, group)
+    alice.log_entry(".message.replay", "said before")
+    bob.evaluate("(g) => t.client.postRealtime('said after', g)", group)
+    alice.log_entry(".message", "said after")
+    assert alice.page.locator("#log li.replay", has_text="said after").count() == 0
+    assert alice.errors == []
+    bob.evaluate("() => t.client.closeRealtime()")

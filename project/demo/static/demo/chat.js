@@ -317,8 +317,12 @@
         return loadPeople();
     }
 
+    // A join shows the group's recent messages (replayed from its history).
+    var RECENT = 20;
+
     function join(group) {
-        return skapi.joinRealtime({ group: group }).then(function (res) {
+        var params = group === null ? { group: null } : { group: group, last: RECENT };
+        return skapi.joinRealtime(params).then(function (res) {
             return joined(group, res);
         }, showError);
     }
@@ -370,7 +374,9 @@
                 }
                 break;
             case 'message':
-                log('message' + (event.sender === me.user_id ? ' mine' : ''), textOf(event.message), { from: event.sender });
+                // Replayed ones: said before this page joined, or while its socket was down.
+                log('message' + (event.sender === me.user_id ? ' mine' : '') + (event.replay ? ' replay' : ''),
+                    textOf(event.message), { from: event.sender });
                 break;
             case 'private':
                 if (event.sender === me.user_id) {
