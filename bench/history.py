@@ -8,7 +8,8 @@ message takes.
 
 Each round runs ``bench/run.py`` on fresh servers for: fan-out to 200 receivers
 from 4 senders (10 in flight each), and private messages between 50 pairs (5 in
-flight each); on and off one after the other, in alternating order. Medians over
+flight each); on and off one after the other, in alternating order (embedded
+first, then Redis). Medians over
 the rounds. Memory: the embedded layer's kept messages measured with tracemalloc
 in this process, and Redis's ``used_memory`` before and after filling streams.
 
@@ -60,14 +61,19 @@ def throughput(results: dict[str, Any], target: str, scenario: str) -> float | N
     return (r.get("private") or {}).get("deliveries_per_s")
 
 
+SCENARIOS = (
+    ("fanout", ["--n", "200", "--senders", "4"]),
+    ("private", ["--pairs", "50", "--private-window", "5"]),
+)
+
+
 def rounds(count: int, bases: list[str], work: Path) -> dict[str, dict[str, list[float]]]:
+    """Throughput per scenario and target, one value a round; embedded first, and
+    what is measured so far kept in ``partial.json``."""
     seen: dict[str, dict[str, list[float]]] = {}
     for number in range(count):
-        for scenario, extra in (
-            ("fanout", ["--n", "200", "--senders", "4"]),
-            ("private", ["--pairs", "50", "--private-window", "5"]),
-        ):
-            for base in bases:
+        for base in bases:
+            for scenario, extra in SCENARIOS:
                 order = [base, base + OFF] if number % 2 == 0 else [base + OFF, base]
                 for target in order:
                     print(f"round {number + 1}: {scenario} {target}", file=sys.stderr, flush=True)
