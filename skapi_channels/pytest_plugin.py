@@ -8,13 +8,18 @@ pytest-asyncio; without them the fixtures are not defined.
 ``realtime``: a ``skapi_channels.testing.Realtime`` on the test database (it uses
 ``transactional_db``, since the consumer writes presence from other threads), which
 connects users to the project's own ASGI application in the test's process and
-closes everything after the test. See ``skapi_channels/testing.py`` and
-docs/testing.md.
+closes everything after the test.
+
+``realtime_live_server``: a ``skapi_channels.testing.LiveServer``, the project's ASGI
+application served by daphne in a child process on the test database (``.url``,
+``.ws_url``, ``.cookie_for(user)``), for clients outside the test's process.
+
+See ``skapi_channels/testing.py`` and docs/testing.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 try:
@@ -36,3 +41,17 @@ if pytest_asyncio is not None:
             yield room
         finally:
             await room.close()
+
+    import pytest
+
+    @pytest.fixture
+    def realtime_live_server(transactional_db: None) -> Iterator[Any]:
+        """daphne serving the project in a child process on the test database."""
+        from skapi_channels.testing import LiveServer
+
+        server = LiveServer()
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()

@@ -365,3 +365,74 @@ class Realtime:
         # The database thread keeps its connection between tests; close it so the
         # test database can be dropped at the end of the run.
         await database_sync_to_async(connections.close_all)()
+
+
+def _live_server_setup(set_database_connection: Callable[[], None]) -> None:
+    """In the forked server process: the test database, and none of the parent's
+    threads and loop-bound state: asgiref's executor for thread-sensitive calls (its
+    worker thread stayed in the parent), channel layers, this process's runtime."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from asgiref.sync import SyncToAsync
+    from channels.layers import channel_layers
+
+    from skapi_channels.runtime import runtime
+
+    set_database_connection()
+    SyncToAsync.single_thread_executor = ThreadPoolExecutor(max_workers=1)
+    channel_layers.backends = {}
+    runtime.__init__()  # type: ignore[misc]  # a fresh identity and no tasks
+
+
+class LiveServer:
+    """The project's ASGI application served by daphne in a child process, on the
+    test database, for clients outside the test's process (a browser, a mobile
+    client's test suite, ``websockets``). Needs a file-backed test database."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.port = 0
+        self._process: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        """The socket's URL: ``ws://host:port/ws/realtime/``."""
+        return f"ws://{self.host}:{self.port}/{conf.WEBSOCKET_PATH}"
+
+    def start(self, timeout: float = 30) -> None:
+        from functools import partial
+
+        from channels.testing.live import make_application, set_database_connection
+        from daphne.testing import DaphneProcess
+        from django.db import connections
+
+        for connection in connections.all():
+            if connection.vendor == "sqlite" and connection.is_in_memory_db():
+                raise RuntimeError(
+                    "The live server needs a file-backed test database: set "
+                    "DATABASES['default']['TEST']['NAME'] to a file path."
+                )
+        self._process = DaphneProcess(
+            self.host,
+            partial(make_application, static_wrapper=None),
+            setup=partial(_live_server_setup, set_database_connection),
+        )
+        self._process.start()
+        if not self._process.ready.wait(timeout):
+            self.stop()
+            raise RuntimeError(f"daphne did not start within {timeout} s")
+        self.port = self._process.port.value
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.join(15)
+            self._process = None
+
+    def cookie_for(self, user: Any) -> str:
+        """A ``Cookie`` header value that logs ``user`` in (a new session)."""
+        return f"{settings.SESSION_COOKIE_NAME}={session_key_for(user)}"

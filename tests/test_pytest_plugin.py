@@ -73,3 +73,40 @@ def test_the_package_registers_the_plugin_with_pytest():
     [(name, target)] = pyproject["project"]["entry-points"]["pytest11"].items()
     assert name == target == "skapi_channels.pytest_plugin"
     assert hasattr(importlib.import_module(target), "realtime")
+
+
+def test_a_live_server_for_clients_outside_the_process(realtime_live_server):
+    """Two ``websockets`` clients with sessions of their own chat through daphne."""
+    import asyncio
+    import json
+
+    import websockets
+    from django.contrib.auth import get_user_model
+
+    alice = get_user_model().objects.create_user("alice", password="pw-12345678")
+    bob = get_user_model().objects.create_user("bob", password="pw-12345678")
+    server = realtime_live_server
+    cookies = {"alice": server.cookie_for(alice), "bob": server.cookie_for(bob)}
+
+    async def chat() -> dict:
+        async with (
+            websockets.connect(
+                server.ws_url, additional_headers={"Cookie": cookies["alice"]}
+            ) as a,
+            websockets.connect(
+                server.ws_url, additional_headers={"Cookie": cookies["bob"]}
+            ) as b,
+        ):
+            for socket in (a, b):
+                await socket.send(json.dumps({"action": "joinRoom", "rid": "lobby", "id": 1}))
+            await b.send(json.dumps({"action": "keepAlive", "id": 2}))
+            while json.loads(await asyncio.wait_for(b.recv(), 10)) != {"#ack": 2}:
+                pass  # bob's join ack, alice's notice: bob is in the group now
+            await a.send(json.dumps({"action": "broadcast", "rid": "lobby", "content": "hi"}))
+            while True:
+                frame = json.loads(await asyncio.wait_for(b.recv(), 10))
+                if "#message" in frame:
+                    return frame
+
+    frame = asyncio.run(chat())
+    assert frame["#message"] == "hi" and frame["#user_id"] == str(alice.pk)
