@@ -1,4 +1,4 @@
-"""Revocation (PROTOCOL 13): a socket is only as good as the login behind it.
+"""Revocation (docs/protocol.md §13): a socket is only as good as the login behind it.
 
 When a user logs out, changes their password (the session auth hash changes), or is
 deactivated or deleted, every open socket of that user closes with 4001, in every

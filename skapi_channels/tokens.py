@@ -1,6 +1,6 @@
 """Handshake tokens: signed, short-lived, good only for authenticating as one user.
 
-A token carries the session auth hash of its user (PROTOCOL 13): once the password
+A token carries the session auth hash of its user (docs/protocol.md §13): once the password
 changes, tokens issued before are refused; so are tokens issued before the user
 last logged out (see ``revocation.py``).
 """

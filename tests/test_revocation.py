@@ -1,4 +1,4 @@
-"""Revocation (PROTOCOL 13): logout, password change, deactivation and deletion close
+"""Revocation (docs/protocol.md §13): logout, password change, deactivation and deletion close
 the user's sockets with 4001; the session a password was changed in keeps its own."""
 
 from __future__ import annotations

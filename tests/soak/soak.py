@@ -329,7 +329,7 @@ class Conn:
             try:
                 await asyncio.wait_for(self.fence.wait(), ACK_TIMEOUT)
             except TimeoutError:
-                # Lost and told (a Redis restart) is what PROTOCOL 10 allows.
+                # Lost and told (a Redis restart) is what docs/protocol.md §10 allows.
                 if not self.reader.done() and me.missed == told:
                     self.stats.errors.append(f"{me.key}: its message to itself did not arrive")
         me.closed_at = now
