@@ -5,6 +5,8 @@ daphne process (the embedded default: SQLite and the in-process layer).
 
 Scenarios:
 
+- ``id_scan``: the CPU the consumer spends finding the id of a frame it refuses
+  before parsing it (in this process).
 - ``keepalive``: another user's keepAlive round trip (one in flight, every 20 ms),
   alone and while four sockets send 1 MiB frames of ``[`` as fast as they can
   (each refused as too large, then rate-limited); also a listing request's time.
@@ -222,14 +224,42 @@ async def revocation(server: Server) -> dict[str, Any]:
     return {"logout_in_a_server_process_s": logout, "deactivated_by_another_process_s": elsewhere}
 
 
+def id_scan() -> dict[str, Any]:
+    """Milliseconds of CPU ``protocol.id_of_unparsed`` takes on frames it refuses
+    (in this process, no server)."""
+    from skapi_channels.protocol import id_of_unparsed
+
+    cases = {
+        "1 MiB of [": "[" * 1_048_576,
+        '1 MiB {"content": [[[...': '{"content": ' + "[" * 1_048_564,
+        "40 KiB object, id last": '{"action":"broadcast","rid":"R","content":"'
+        + "x" * 40_000
+        + '","id":9}',
+    }
+    results: dict[str, Any] = {}
+    for name, text in cases.items():
+        started, runs = time.perf_counter(), 0
+        while runs < 3 or time.perf_counter() - started < 0.5:
+            found = id_of_unparsed(text)
+            runs += 1
+        took = (time.perf_counter() - started) / runs
+        results[name] = {"ms": round(took * 1000, 3), "id": found, "runs": runs}
+    return results
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--scenario", action="append", default=None)
     args = parser.parse_args()
-    scenarios = args.scenario or ["keepalive", "flood_close", "revocation"]
+    scenarios = args.scenario or ["id_scan", "keepalive", "flood_close", "revocation"]
     results: dict[str, Any] = {"load_average_start": os.getloadavg()}
+    if "id_scan" in scenarios:
+        scenarios.remove("id_scan")
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+        results["id_scan"] = id_scan()
+        print("id_scan", json.dumps(results["id_scan"]), flush=True)
     for name in scenarios:
         workdir = WORK / f"refusals-{name}"
         workdir.mkdir(parents=True, exist_ok=True)
