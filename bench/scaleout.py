@@ -189,12 +189,64 @@ def report(med: dict[str, Any], meta: dict[str, Any]) -> tuple[str, list[dict[st
     return "\n".join(lines) + "\n", targets
 
 
+def paired(rounds: list[dict[str, Any]]) -> str:
+    """The ratios of each round (the two set-ups measured minutes apart, under the
+    same load on the machine), and their median: steadier than a ratio of medians
+    when the machine's load changes between rounds."""
+
+    def per_round(name: str, a: str, b: str, key: str) -> list[float | None]:
+        out = []
+        for r in rounds:
+            x, y = (r.get(name) or {}).get(a) or {}, (r.get(name) or {}).get(b) or {}
+            out.append(ratio(x.get(key), y.get(key)))
+        return out
+
+    def cpu(name: str, a: str) -> list[float | None]:
+        out = []
+        for r in rounds:
+            x, y = (r.get(name) or {}).get(a) or {}, (r.get(name) or {}).get(EMB) or {}
+            mine = [c for c in x.get("cpu_s_per_1000") or [] if c is not None]
+            base = (y.get("cpu_s_per_1000") or [None])[0]
+            out.append(ratio(max(mine), base) if mine else None)
+        return out
+
+    rows = [
+        ("fan-out (200 × 8): Redis+PG × embedded", per_round("fanout200x8", RED, EMB, "deliveries_per_s"), "≥ 0.8"),
+        ("private (20 pairs × 2): Redis+PG × embedded", per_round("private20x2", RED, EMB, "msgs_per_s"), "≥ 0.7"),
+        ("private (50 pairs × 5): Redis+PG × embedded", per_round("private50x5", RED, EMB, "msgs_per_s"), "≥ 0.7"),
+        ("fan-out N=500: 2 processes × 1 process", per_round("fanout500", TWO, RED, "deliveries_per_s"), "≥ 0.9"),
+        ("fan-out N=500: CPU s / 1,000, Redis+PG worst process × embedded", cpu("fanout500", RED), "≤ 1.25"),
+        ("fan-out N=500: CPU s / 1,000, 2 processes, worst × embedded", cpu("fanout500", TWO), "≤ 1.25"),
+    ]  # fmt: skip
+    lines = [
+        "",
+        "Ratios within each round (same minutes, same load), and their median:",
+        "",
+        "| ratio | per round | median | goal |",
+        "|---|---|---|---|",
+    ]
+    for label, values, goal in rows:
+        lines.append(
+            f"| {label} | {', '.join('–' if v is None else str(v) for v in values)} | "
+            f"{median(values)} | {goal} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--runs", default=",".join(RUNS), help="which runs (comma-separated)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--report", type=Path, help="only write the report of this scaleout.json")
     args = parser.parse_args()
+    if args.report:
+        data = json.loads(args.report.read_text())
+        text, _ = report(data["medians"], data["meta"])
+        text += paired(data["rounds"])
+        print(text)
+        (args.out / "scaleout.md").write_text(text)
+        return 0
     work = Path(os.environ.get("SKAPI_BENCH_WORK", tempfile.mkdtemp(prefix="scaleout-")))
     started = time.time()
     meta: dict[str, Any] = {
@@ -217,6 +269,7 @@ def main() -> int:
     meta["load_end"] = [round(x, 2) for x in os.getloadavg()]
     med = combine(rounds)
     text, targets = report(med, meta)
+    text += paired(rounds)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "scaleout.md").write_text(text)
