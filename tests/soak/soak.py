@@ -24,9 +24,10 @@ With ``--restart-redis-at`` the Redis the processes share is stopped that many
 seconds into the traffic and started empty a second later: every delivery lost
 with it must be told (``lost`` stays 0; ``missing_before_told`` and
 ``missed_notified`` show how many were lost and how many were told). Apart:
-``lost_in_flight_at_stop``, untold losses of messages acked within half a second of
-the stop, which that Redis published but never wrote to the subscribers (their
-numbering died with it, so nothing is left to count them).
+``lost_in_flight_at_stop``, untold losses of messages acked from half a second
+before the stop until the Redis process exited, which that Redis published but
+never wrote to the subscribers (their numbering died with it, so nothing is left to
+count them).
 
 It prints its figures and exits 1 on any loss, duplicate, disorder, unexpected
 error or presence mismatch. Every loop is bounded; the server is killed at the end.
@@ -162,6 +163,7 @@ class Stats:
         self.latencies: list[float] = []
         # When the private Redis was stopped (--restart-redis-at), on this clock.
         self.redis_stopped_at: float | None = None
+        self.redis_gone_at: float | None = None  # its process had exited
 
 
 class Conn:
@@ -550,15 +552,16 @@ def verify(stats: Stats) -> dict[str, int]:
             figures["owed"] += len(seqs)
             missing = set(seqs) - set(inc.received.get(sender, ()))
             lost_here += len(missing)
-            if stats.redis_stopped_at is not None:
-                # Published by a Redis that then stopped before writing it out: its
-                # numbering died with it, so nobody can count it.
+            if stats.redis_stopped_at is not None and stats.redis_gone_at is not None:
+                # Published by a Redis that was stopping (it answers until its process
+                # exits) and never wrote it out: its numbering died with it, so
+                # nobody can count it.
                 at_stop += sum(
                     1
                     for seq in missing
                     if stats.redis_stopped_at - 0.5
                     <= (stats.sent[(sender, seq)].acked_at or 0)
-                    <= stats.redis_stopped_at + 0.5
+                    <= stats.redis_gone_at
                 )
             leaving += sum(1 for seq in missing if seqs[seq])
             for seq in sorted(missing)[:2]:
@@ -615,6 +618,7 @@ async def drive(
         print("stopping Redis", flush=True)
         stats.redis_stopped_at = time.monotonic()
         await asyncio.to_thread(redis.stop)
+        stats.redis_gone_at = time.monotonic()
         await asyncio.sleep(1)
         await asyncio.to_thread(redis.start)
         print("Redis started again, empty", flush=True)
