@@ -306,27 +306,32 @@ ID_SCAN_CHARS = 1024
 
 
 # An id that is the last member of the frame's object (where clients that add it
-# after building the frame put it): the closing brace must end the text.
-_TRAILING_ID = re.compile(r'[,{]\s*"id"\s*:\s*(-?\d{1,20}|"(?:[^"\\]|\\.){0,64}")\s*\}\s*$')
+# after building the frame put it): the closing brace must end the text. Any string
+# or number is matched, so that a last "id" of the wrong type is seen (and decides).
+_TRAILING_ID = re.compile(r'[,{]\s*"id"\s*:\s*(-?[\d.eE+-]{1,40}|"(?:[^"\\]|\\.)*")\s*\}\s*$')
+_TAIL_CHARS = MAX_ID_LENGTH * 6 + 32  # a 64-character id, escaped, with its key
 
 
-def trailing_id(text: str) -> FrameId:
-    """The id of a frame whose object ends with it, read from its last characters."""
-    match = _TRAILING_ID.search(text[-(MAX_ID_LENGTH * 2 + 32) :])
+def trailing_id(text: str) -> tuple[bool, FrameId]:
+    """Whether the frame's object ends with an ``id`` member, and its value when
+    that is a valid id (None when it is not), read from the last characters."""
+    match = _TRAILING_ID.search(text[-_TAIL_CHARS:])
     if match is None:
-        return None
+        return False, None
     try:
-        return read_id({"id": _SCALAR.decode(match.group(1))})
+        return True, read_id({"id": _SCALAR.decode(match.group(1))})
     except (ValueError, FrameError):
-        return None
+        return True, None
 
 
 def id_of_unparsed(text: str) -> FrameId:
     """Best effort: the id of a frame refused before parsing (too large, rate limited),
     found in its first ``ID_SCAN_CHARS`` characters or at its very end."""
     if len(text) > ID_SCAN_CHARS:
-        found = top_level_id(text[:ID_SCAN_CHARS])
-        return found if found is not None else trailing_id(text)
+        # A repeated key takes its last value (as JSON parsers do): an id that ends
+        # the object decides, else the last one in the scanned prefix.
+        ends_with_id, last = trailing_id(text)
+        return last if ends_with_id else top_level_id(text[:ID_SCAN_CHARS])
     try:
         data = loads(text)
         return read_id(data) if isinstance(data, dict) else None
@@ -340,33 +345,37 @@ _SCALAR = json.JSONDecoder(parse_constant=_refuse_constant)
 
 
 def top_level_id(text: str) -> FrameId:
-    """The valid ``id`` of a JSON object too deeply nested to parse, found without
-    recursion: nested values are skipped by counting brackets outside strings."""
+    """The ``id`` of a JSON object too deeply nested (or too large) to parse, found
+    without recursion: nested values are skipped by counting brackets outside
+    strings. A repeated ``id`` key takes its last value, as JSON parsers do; None
+    when there is none or that value is not a valid id."""
     depth, index, length = 0, 0, len(text)
     expect_key = False
+    found: FrameId = None
     if not text.lstrip().startswith("{"):
         return None  # not an object: no id
     while index < length:
         if depth > length - index:
-            return None  # too deep to come back to the top level before the end
+            return found  # too deep to come back to the top level before the end
         char = text[index]
         if char == '"':
             try:
                 string, end = _SCALAR.raw_decode(text, index)
             except ValueError:
-                return None
+                return found
             if depth == 1 and expect_key and string == "id":
                 colon = text.find(":", end)
                 if colon < 0 or text[end:colon].strip():
-                    return None
+                    return found
                 start = colon + 1
                 while start < length and text[start] in " \t\r\n":
                     start += 1
                 try:
                     value, _ = _SCALAR.raw_decode(text, start)
-                    return read_id({"id": value})
+                    found = read_id({"id": value})
                 except (ValueError, RecursionError, FrameError):
-                    return None
+                    found = None
+                # The value itself is skipped by the scan that goes on from here.
             expect_key = False
             index = end
             continue
@@ -378,7 +387,7 @@ def top_level_id(text: str) -> FrameId:
         elif char == "," and depth == 1:
             expect_key = True
         index += 1
-    return None
+    return found
 
 
 # Channel-layer events.

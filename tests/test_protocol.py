@@ -105,6 +105,11 @@ def test_token_bucket_allows_the_burst_then_the_rate(monkeypatch):
         ("[" * 1_048_576, None),
         ('{"content": ' + "[" * 1_048_576, None),
         ('{"id": 3, "content": ' + "[" * 1_048_576, 3),
+        # A repeated id takes its last value, as a JSON parser reads it.
+        ('{"id": "", "id": "' + "y" * 70 + '", "content": "' + "x" * 40_000 + '"}', None),
+        ('{"id": [1], "id": 5, "content": "' + "x" * 40_000 + '"}', 5),
+        ('{"id": 3, "content": "' + "x" * 40_000 + '", "id": "' + "z" * 70 + '"}', None),
+        ('{"id": 3, "content": "' + "x" * 40_000 + '", "id": 4}', 4),
     ],
 )
 def test_the_id_of_a_large_frame_is_read_from_its_ends(text, expected):
