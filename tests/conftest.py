@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import hypothesis
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
@@ -21,6 +23,12 @@ from tests.asgi import application
 
 # The fixtures the app ships for projects' tests (``realtime``).
 pytest_plugins = ["skapi_channels.pytest_plugin"]
+
+# CI runs the property tests on a fixed sequence of examples, so that a run is
+# repeatable; elsewhere each run draws new ones (--hypothesis-seed replays one).
+hypothesis.settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    hypothesis.settings.load_profile("ci")
 
 ORIGIN = b"http://localhost"
 
