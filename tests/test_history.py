@@ -16,6 +16,7 @@ from skapi_channels.history import Cursor, Slice
 from skapi_channels.local_layer import LocalChannelLayer
 from skapi_channels.protocol import FrameError, parse_frame
 from tests.conftest import Client, in_db
+from tests.held_replay import HOLD, HeldLocalLayer
 
 
 def room() -> str:
@@ -290,13 +291,23 @@ async def test_resume_with_a_stale_epoch_replays_nothing(users, connect):
 # The hand-over between replay and live frames.
 
 
+HELD_LAYER = {"default": {"BACKEND": "tests.held_replay.HeldLocalLayer", "CONFIG": {"capacity": 1000}}}
+
+
 @override_settings(
-    SKAPI_CHANNELS={"RATE_PER_SECOND": 1e6, "RATE_BURST": 10**6, "HISTORY_SIZE": 1000}
+    SKAPI_CHANNELS={"RATE_PER_SECOND": 1e6, "RATE_BURST": 10**6, "HISTORY_SIZE": 1000},
+    CHANNEL_LAYERS=HELD_LAYER,
 )
 async def test_no_gap_and_no_duplicate_while_others_broadcast_during_the_join(users, connect):
     """Alice and Bob broadcast without pause while Carol joins with since, again
     and again: Carol gets every offset after since exactly once, in order, the
-    replayed ones before the ack and the live ones after."""
+    replayed ones before the ack and the live ones after.
+
+    The layer (tests/held_replay.py) holds each replaying history read until
+    ``HOLD`` messages have been queued live for Carol after her subscription: the
+    replay covers them too, and the consumer must drop those live copies."""
+    layer = get_channel_layer()
+    assert isinstance(layer, HeldLocalLayer)
     a, b = await connect(users.alice), await connect(users.bob)
     group = room()
     epoch = (await a.join(group))["#epoch"]
@@ -320,22 +331,10 @@ async def test_no_gap_and_no_duplicate_while_others_broadcast_during_the_join(us
                 continue
             await client.receive()
 
-    # A store slower to answer than the talkers (a Redis round trip, say), so live
-    # frames queue up between the subscription and the read.
-    layer = get_channel_layer()
-    read = layer.history_read
-
-    async def slow_read(*args: Any, **kwargs: Any) -> Slice:
-        await asyncio.sleep(0.03)
-        return await read(*args, **kwargs)
-
     tasks = [asyncio.create_task(job(c)) for c in (a, b) for job in (talk, drain)]
     since = 0
-    patch = mock.patch.object(layer, "history_read", slow_read)
-    patch.start()
     try:
         for attempt in range(6):
-            await asyncio.sleep(0.02)
             c = await connect(users.carol)
             frame = {"action": "joinRoom", "rid": group, "id": "j"}
             frame["since"] = {"offset": since, "epoch": epoch}
@@ -345,6 +344,8 @@ async def test_no_gap_and_no_duplicate_while_others_broadcast_during_the_join(us
             assert all(f.get("#replay") is True for f in replay)
             offsets = [f["#offset"] for f in replay]
             assert offsets == list(range(since + 1, ack["#offset"] + 1)), attempt
+            # At least the held messages, which also reached Carol live.
+            assert len(offsets) >= HOLD and layer.held_reads == attempt + 1
             live = []
             while len(live) < 20:
                 frame = await c.receive(5)
@@ -352,11 +353,9 @@ async def test_no_gap_and_no_duplicate_while_others_broadcast_during_the_join(us
                     assert "#replay" not in frame
                     live.append(frame["#offset"])
             assert live == list(range(ack["#offset"] + 1, ack["#offset"] + 21)), attempt
-            assert len(offsets) > 0 or attempt == 0
             since = ack["#offset"]
             await c.close()
     finally:
-        patch.stop()
         stop.set()
         await asyncio.gather(*tasks)
 

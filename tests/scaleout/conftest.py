@@ -139,6 +139,7 @@ def base_env(
     prefix: str,
     liveness: dict[str, float] = FAST,
     capacity: int | None = None,
+    layer_backend: str | None = None,
 ) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
     env.update(
@@ -153,6 +154,8 @@ def base_env(
     )
     if capacity is not None:
         env["CHANNEL_LAYER_CAPACITY"] = str(capacity)
+    if layer_backend is not None:
+        env["CHANNEL_LAYER_BACKEND"] = layer_backend
     return env
 
 
@@ -363,9 +366,10 @@ def make_servers(
     count: int,
     liveness: dict[str, float] = FAST,
     capacity: int | None = None,
+    layer_backend: str | None = None,
 ) -> list[Server]:
     prefix = "skapi-test-" + secrets.token_hex(4)
-    env = base_env(database.url, redis_url, prefix, liveness, capacity)
+    env = base_env(database.url, redis_url, prefix, liveness, capacity, layer_backend)
     names = "ABCDEFGH"
     return [
         Server(names[i], free_port(), env, tmp_path / f"daphne-{names[i]}.log")
@@ -415,14 +419,27 @@ def capacity() -> int | None:
 
 
 @pytest.fixture
+def layer_backend() -> str | None:
+    """The servers' channel layer class, a dotted path (None: the settings' default,
+    the Redis fan-out layer); a test may parametrize it."""
+    return None
+
+
+@pytest.fixture
 async def deployment(
-    database: Database, tmp_path: Path, liveness: dict[str, float], capacity: int | None
+    database: Database,
+    tmp_path: Path,
+    liveness: dict[str, float],
+    capacity: int | None,
+    layer_backend: str | None,
 ) -> AsyncIterator[Deployment]:
     """Two daphne processes on the shared Redis and the run's database."""
     _, redis_url = services()
     clean_tables(database)
     deployment = Deployment(
-        database, redis_url, make_servers(tmp_path, database, redis_url, 2, liveness, capacity)
+        database,
+        redis_url,
+        make_servers(tmp_path, database, redis_url, 2, liveness, capacity, layer_backend),
     )
     try:
         await start(deployment)

@@ -12,6 +12,7 @@ import pytest
 from django.test import override_settings
 from websockets.asyncio.client import connect
 
+from tests.held_replay import HOLD
 from tests.scaleout.conftest import Deployment, token
 from tests.scaleout.test_fanout_layer import pair, receive  # noqa: F401  (fixture)
 
@@ -102,11 +103,17 @@ class Socket:
         return await self.until(lambda f: f.get("#ack", f.get("#id", object())) == frame_id)
 
 
+@pytest.mark.parametrize("layer_backend", ["tests.held_replay.HeldRedisLayer"])
 async def test_two_processes_replay_the_same_stream_without_gap_or_duplicate(
     deployment: Deployment,
 ) -> None:
     """Members on two processes talk while a member of the second process joins
-    with since again and again: every offset after since arrives once, in order."""
+    with since again and again: every offset after since arrives once, in order.
+
+    The servers' layer (tests/held_replay.py) holds each replaying history read
+    until ``HOLD`` messages have been queued live for the joining member after its
+    subscription: the replay covers them too, and the consumer must drop those live
+    copies."""
     group = "hist-" + secrets.token_hex(3)
     async with (
         Socket(deployment, 0, 1) as alice,
@@ -138,6 +145,7 @@ async def test_two_processes_replay_the_same_stream_without_gap_or_duplicate(
                     index = carol.frames.index(ack)
                     replay = [f["#offset"] for f in carol.frames[:index] if "#message" in f]
                     assert replay == list(range(since + 1, ack["#offset"] + 1)), attempt
+                    assert len(replay) >= HOLD, attempt
                     target = ack["#offset"] + 10
                     await carol.until(
                         lambda f, target=target: "#message" in f and f["#offset"] >= target
@@ -154,6 +162,8 @@ async def test_two_processes_replay_the_same_stream_without_gap_or_duplicate(
         seen_a = [f["#offset"] for f in alice.frames if "#message" in f]
         seen_b = [f["#offset"] for f in bob.frames if "#message" in f]
         assert seen_a == seen_b == list(range(1, len(seen_a) + 1))
+    held = deployment.servers[1].log.read_text().count("Held a history read")
+    assert held == 4
 
 
 async def test_private_stream_resumes_across_processes(deployment: Deployment) -> None:
