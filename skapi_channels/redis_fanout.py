@@ -18,7 +18,7 @@ What docs/protocol.md section 10 asks, on this path:
   ``group_discard`` first waits for a PING through the subscription connection, so
   every message published before the leave is queued for the member before it stops
   being one (the consumer's drain marker then follows them);
-- nothing lost silently: each message carries its group's sequence number. A
+- nothing lost silently: each message carries its group counter's value. A
   process that sees a gap (its subscription connection dropped, Redis disconnected
   a subscriber that fell behind, Redis restarted) tells the affected members with
   ``{"type": "skapi.missed", "count": n}``. After a reconnection the process reads
@@ -37,10 +37,18 @@ A channel name carries its process (``specific.<process>!<token>``): ``send`` to
 channel of this process is queued directly, to another process it is published on
 that process's own subscription channel.
 
-Redis operations per group message: one EVALSHA running HINCRBY + EXPIRE + PUBLISH
-(and, for a message kept in history, HINCRBY + RPUSH + LTRIM + EXPIRE of the
-stream's history in the same script), whatever the group's size; Redis then writes
-the message once to each subscribed process. One Redis server (or a Sentinel-managed master, through channels-redis's
+Redis operations per group message, whatever the group's size: one EVALSHA
+running HINCRBY + PUBLISH (3 commands), and for a message kept in history HINCRBY +
+RPUSH + HGET (the epoch) + PUBLISH (5 commands), in the steady state. The first
+message of a stream also sets the epoch and the expiries; the history is trimmed
+in batches (LTRIM once it holds a quarter more than ``HISTORY_SIZE``, at least 16
+more; readers take its newest ``HISTORY_SIZE``), and each process refreshes the
+expiries of a stream it publishes to about once a minute (REFRESH_EVERY), so those
+commands are occasional. Redis then writes the message once to each subscribed
+process. A group has two counters: "o" numbers its kept messages (their offsets,
+docs/protocol.md §11), "n" everything else it published (messages not kept, gap
+markers); each receiving process checks each counter for gaps.
+One Redis server (or a Sentinel-managed master, through channels-redis's
 host options); see docs/deployment.md.
 """
 
@@ -67,39 +75,61 @@ from skapi_channels.protocol import EPOCH, KEEP, OFFSET
 
 logger = logging.getLogger("skapi_channels")
 
-# KEYS: the group's counter (a hash: "n" the sequence number of everything
-# published, "e" the epoch, "o" the offset of its kept messages, docs/protocol.md §11), its
-# Redis channel, and its history (a list of "<offset>:<time>:<payload>").
+# KEYS: the group's counters (a hash: "o" the offset of its kept messages,
+# docs/protocol.md §11, "n" the number of everything else it published, un-kept
+# messages and gap markers, and "e" the epoch), its Redis channel, and its history
+# (a list of "<offset>:<time>:<payload>", trimmed in batches: readers take its last
+# ``size`` entries).
 # ARGV: payload (empty: a gap marker, no message), counter expiry (s), increment (1,
 # or the number of messages a gap marker stands for), a new epoch (used when the
-# hash starts), history size (0: not kept), history expiry (s), the time (s).
-# Publishes "<seq>:<offset>/<epoch>:<payload>" ("<seq>::<payload>" when not kept).
-# Returns the sequence number.
+# hash starts), history size (0: not kept), history expiry (s), the time (s), "1" to
+# refresh the counter's expiry, "1" to refresh the history's, the trim slack.
+# A kept message increments only "o" and is published as "o<offset>/<epoch>:<payload>",
+# anything else only "n", published as "n<seq>:<payload>". Expiries are set when a
+# key is created and otherwise only when the caller asks (it refreshes each key
+# about once a minute). Returns the counter's new value.
 PUBLISH_LUA = """
-local seq = redis.call('HINCRBY', KEYS[1], 'n', ARGV[3])
-redis.call('HSETNX', KEYS[1], 'e', ARGV[4])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
 local size = tonumber(ARGV[5])
-local mark = ''
+local field = 'n'
 if size > 0 and ARGV[1] ~= '' then
-    local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
-    redis.call('RPUSH', KEYS[3], offset .. ':' .. ARGV[7] .. ':' .. ARGV[1])
-    redis.call('LTRIM', KEYS[3], -size, -1)
-    redis.call('EXPIRE', KEYS[3], ARGV[6])
-    mark = offset .. '/' .. redis.call('HGET', KEYS[1], 'e')
+    field = 'o'
 end
-redis.call('PUBLISH', KEYS[2], seq .. ':' .. mark .. ':' .. ARGV[1])
+local increment = tonumber(ARGV[3])
+local seq = redis.call('HINCRBY', KEYS[1], field, increment)
+if seq == increment then
+    redis.call('HSETNX', KEYS[1], 'e', ARGV[4])
+    redis.call('EXPIRE', KEYS[1], ARGV[2])
+elseif ARGV[8] == '1' then
+    redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+if field == 'n' then
+    redis.call('PUBLISH', KEYS[2], 'n' .. seq .. ':' .. ARGV[1])
+    return seq
+end
+if seq == 1 then
+    redis.call('DEL', KEYS[3])  -- kept under an epoch that is gone
+end
+local length = redis.call('RPUSH', KEYS[3], seq .. ':' .. ARGV[7] .. ':' .. ARGV[1])
+if length > size + tonumber(ARGV[10]) then
+    redis.call('LTRIM', KEYS[3], -size, -1)
+end
+if length == 1 or ARGV[9] == '1' then
+    redis.call('EXPIRE', KEYS[3], ARGV[6])
+end
+local epoch = redis.call('HGET', KEYS[1], 'e')
+redis.call('PUBLISH', KEYS[2], 'o' .. seq .. '/' .. epoch .. ':' .. ARGV[1])
 return seq
 """
 
-# Where a stream stands, and what it keeps: {epoch, latest offset, history}. Reading
-# starts the hash (its epoch) when there is none, so the next message keeps it.
-# KEYS: the counter, the history. ARGV: a new epoch, counter expiry (s).
+# Where a stream stands, and what it keeps: {epoch, latest offset, history (its last
+# ``size`` entries)}. Reading starts the hash (its epoch) when there is none, so the
+# next message keeps it.
+# KEYS: the counter, the history. ARGV: a new epoch, counter expiry (s), history size.
 HISTORY_LUA = """
 redis.call('HSETNX', KEYS[1], 'e', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 local state = redis.call('HMGET', KEYS[1], 'e', 'o')
-return {state[1], state[2] or '0', redis.call('LRANGE', KEYS[2], 0, -1)}
+return {state[1], state[2] or '0', redis.call('LRANGE', KEYS[2], -tonumber(ARGV[3]), -1)}
 """
 
 # Marks the Redis data set, so that a process notices a restart that lost it.
@@ -110,10 +140,15 @@ return redis.call('GET', KEYS[1])
 
 TO = "__skapi_to"  # the target channel of a message sent to another process
 
+# How often (s) a process refreshes the expiry of a group's counter and history while
+# it publishes to them, and how many such keys it remembers.
+REFRESH_EVERY = 60
+REFRESHED_KEYS = 10_000
+
 
 class _Subscriber:
     """This process's one subscription connection: what it listens to, the
-    confirmations and barriers awaited, and the last sequence number per channel."""
+    confirmations and barriers awaited, and the last counter values per channel."""
 
     def __init__(self, layer: RedisFanoutLayer, loop: asyncio.AbstractEventLoop) -> None:
         self.layer = layer
@@ -124,9 +159,10 @@ class _Subscriber:
         # with the futures waiting for it and whether it starts a fresh subscription.
         self.confirming: dict[bytes, deque[tuple[list[asyncio.Future[None]], bool]]] = {}
         self.pongs: deque[asyncio.Future[None]] = deque()
-        # The last sequence number accounted for (delivered or told), per channel;
-        # None until the first message of a fresh subscription.
-        self.last: dict[bytes, int | None] = {}
+        # Per channel, the last value of each counter ("n", "o") accounted for
+        # (delivered or told); None until the counter's first message on a fresh
+        # subscription.
+        self.last: dict[bytes, list[int | None]] = {}
         self.epoch: bytes | None = None
         self.task = loop.create_task(self.run())
 
@@ -192,7 +228,7 @@ class _Subscriber:
                     # message of the new numbering is owed to the members here (those
                     # who joined while Redis was down too).
                     for name in self.wanted:
-                        self.last[name] = 0
+                        self.last[name] = [0, 0]
                     for name, pending in self.confirming.items():
                         self.confirming[name] = deque((f, False) for f, _ in pending)
                 self.epoch = epoch
@@ -252,26 +288,31 @@ class _Subscriber:
         """After a reconnection: tell the gaps of groups whose messages were
         published while this process was not subscribed, without waiting for their
         next message."""
-        names = [n for n in self.wanted if self.last.get(n) is not None]
+        names = [n for n in self.wanted if any(v is not None for v in self.last.get(n, ()))]
         try:
             await asyncio.gather(*(asyncio.shield(self.confirmed(n)) for n in names))
             pipe = self.layer.redis.pipeline(transaction=False)
             for name in names:
-                pipe.hget(self.layer.counter_key(name), "n")
+                pipe.hmget(self.layer.counter_key(name), "n", "o")
             counts = await pipe.execute()
             await self.barrier()
         except REDIS_DOWN:
             return  # the next reconnection reconciles
-        for name, count in zip(names, counts, strict=True):
+        for name, values in zip(names, counts, strict=True):
             last = self.last.get(name)
             if last is None or name not in self.wanted:
                 continue
-            current = int(count or 0)
-            # A restart of the numbering was seen at the connection (the epoch); here
-            # the counter can only be ahead of what arrived.
-            if current > last:
-                self.last[name] = current
-                self.layer.missed_on(name, current - last)
+            missed = 0
+            for index, value in enumerate(values):
+                seen = last[index]
+                current = int(value or 0)
+                # A restart of the numbering was seen at the connection (the epoch);
+                # here a counter can only be ahead of what arrived.
+                if seen is not None and current > seen:
+                    last[index] = current
+                    missed += current - seen
+            if missed:
+                self.layer.missed_on(name, missed)
 
     # What Redis sends.
 
@@ -287,7 +328,7 @@ class _Subscriber:
                 if not pending:
                     del self.confirming[name]
                 if fresh:
-                    self.last[name] = None
+                    self.last[name] = [None, None]
                 for future in futures:
                     if not future.done():
                         future.set_result(None)
@@ -299,21 +340,28 @@ class _Subscriber:
     def _message(self, name: bytes, data: bytes) -> None:
         if name not in self.wanted:
             return  # unsubscribed while the message was on its way
-        head, _, rest = data.partition(b":")
-        mark, _, payload = rest.partition(b":")
-        seq = int(head)
-        last = self.last.get(name)
+        head, _, payload = data.partition(b":")
+        if head[:1] == b"o":  # a kept message: "o<offset>/<epoch>"
+            number, _, epoch = head[1:].partition(b"/")
+            index = 1
+        else:  # "n<seq>"
+            number, epoch, index = head[1:], b"", 0
+        seq = int(number)
+        counters = self.last.get(name)
+        if counters is None:
+            counters = self.last[name] = [None, None]
+        last = counters[index]
         if last is None:
             missed = 0
         elif seq > last:
             missed = seq - last - (1 if payload else 0)
         else:  # the counter restarted: what came before this one was not seen
             missed = seq - (1 if payload else 0)
-        self.last[name] = seq
+        counters[index] = seq
         if missed > 0:
             self.layer.missed_on(name, missed)
         if payload:
-            self.layer.arrived(name, payload, mark)
+            self.layer.arrived(name, payload, seq if index else 0, epoch)
 
 
 class RedisFanoutLayer(LocalChannelLayer):
@@ -383,6 +431,9 @@ class RedisFanoutLayer(LocalChannelLayer):
         # gap markers so their receivers are told.
         self.unsent: Counter[bytes] = Counter()
         self._telling: asyncio.Task[None] | None = None
+        # When this process last refreshed the expiry of a key (monotonic), oldest
+        # first; at most REFRESHED_KEYS entries.
+        self._refreshed: dict[bytes, float] = {}
 
     # Connections, one set per event loop.
 
@@ -426,11 +477,10 @@ class RedisFanoutLayer(LocalChannelLayer):
 
     # Messages in.
 
-    def arrived(self, name: bytes, payload: bytes, mark: bytes = b"") -> None:
+    def arrived(self, name: bytes, payload: bytes, offset: int = 0, epoch: bytes = b"") -> None:
         message = self.serializer.deserialize(payload)
-        if mark:
-            offset, _, epoch = mark.partition(b"/")
-            message[OFFSET], message[EPOCH] = int(offset), epoch.decode()
+        if offset:
+            message[OFFSET], message[EPOCH] = offset, epoch.decode()
         if name == self.inbox:
             target = message.pop(TO, "")
             if not self._put(target, message):
@@ -531,17 +581,36 @@ class RedisFanoutLayer(LocalChannelLayer):
         self, name: bytes, payload: bytes, increment: int, keep: bool = False
     ) -> int:
         size, ttl = retention() if keep else (0, 0.0)
-        keys = [self.counter_key(name), name, self.history_key(name)]
+        counter, history = self.counter_key(name), self.history_key(name)
+        keys = [counter, name, history]
         args = [
             payload,
-            self.group_expiry,
+            self.group_expiry + REFRESH_EVERY,
             increment,
             secrets.token_hex(6),
             size,
-            max(int(ttl + 0.999), 1),
+            # A message pushed just before the next refresh still lives ``ttl``.
+            int(ttl + 0.999) + REFRESH_EVERY,
             repr(time.time()),
+            self._due(counter),
+            self._due(history) if size else 0,
+            max(16, size // 4),
         ]
         return int(await self._script(keys=keys, args=args))
+
+    def _due(self, key: bytes) -> int:
+        """1 if this process has not refreshed ``key``'s expiry for REFRESH_EVERY
+        seconds (and counts it as refreshed now), else 0."""
+        now = time.monotonic()
+        refreshed = self._refreshed
+        at = refreshed.get(key)
+        if at is not None and now - at < REFRESH_EVERY:
+            return 0
+        refreshed.pop(key, None)
+        refreshed[key] = now  # the newest last
+        while len(refreshed) > REFRESHED_KEYS or now - next(iter(refreshed.values())) > REFRESH_EVERY:
+            del refreshed[next(iter(refreshed))]
+        return 1
 
     async def _tell_unsent(self) -> None:
         """Once Redis answers again, advance the counters of the groups whose sends
@@ -565,11 +634,11 @@ class RedisFanoutLayer(LocalChannelLayer):
         self, group: str, *, since: int | None = None, last: int | None = None
     ) -> Slice:
         self._client()
-        _, ttl = retention()
+        size, ttl = retention()
         name = self.channel_key(group)
         keys = [self.counter_key(name), self.history_key(name)]
         epoch, latest, items = await self._history_script(
-            keys=keys, args=[secrets.token_hex(6), self.group_expiry]
+            keys=keys, args=[secrets.token_hex(6), self.group_expiry + REFRESH_EVERY, size]
         )
         oldest = time.time() - ttl
         kept: list[tuple[int, str]] = []
@@ -584,6 +653,7 @@ class RedisFanoutLayer(LocalChannelLayer):
 
     async def flush(self) -> None:
         await super().flush()
+        self._refreshed.clear()
         self._client()
         async for key in self.redis.scan_iter(match=f"{self.prefix}:*", count=1000):
             await self.redis.delete(key)

@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from django.test import override_settings
 from redis.asyncio import Redis
 
-from skapi_channels.redis_fanout import RedisFanoutLayer
+from skapi_channels.redis_fanout import REFRESH_EVERY, RedisFanoutLayer
 from skapi_channels.runtime import runtime
 from tests.scaleout.conftest import RedisServer
 
@@ -190,7 +191,9 @@ async def test_a_slow_receiver_is_told_what_its_full_queue_lost(pair: Any) -> No
 
 async def test_commands_per_broadcast_do_not_grow_with_the_group(private_redis: RedisServer) -> None:
     """One broadcast to 1,000 members spread over 2 processes costs at most
-    2 x processes + 2 Redis commands (INFO commandstats)."""
+    2 x processes + 2 Redis commands (INFO commandstats), whether it is kept for
+    history or not. Counted in the steady state: not the first message of its
+    stream, nor the first in a minute that refreshes the keys' expiries."""
     layers = [make(private_redis.url, "count"), make(private_redis.url, "count")]
     channels = []
     for layer in layers:
@@ -198,29 +201,60 @@ async def test_commands_per_broadcast_do_not_grow_with_the_group(private_redis: 
             channel = await layer.new_channel()
             channels.append((layer, channel))
             await layer.group_add("big", channel)
-    await layers[0].group_send("big", {"type": "skapi.frame", "n": "warm-up"})
-    for layer, channel in channels:
-        assert (await receive(layer, channel))["n"] == "warm-up"
     redis = Redis.from_url(private_redis.url)
+    counted: dict[bool, dict[str, int]] = {}
     try:
-        before = await redis.info("commandstats")
-        await layers[1].group_send("big", {"type": "skapi.frame", "n": "counted"})
-        for layer, channel in channels:
-            assert (await receive(layer, channel))["n"] == "counted"
-        after = await redis.info("commandstats")
+        for keep in (False, True):
+            for n in ("warm-up", "counted"):
+                if n == "counted":
+                    before = await redis.info("commandstats")
+                message = {"type": "skapi.frame", "n": n, "text": "{}", "keep": keep}
+                await layers[1].group_send("big", message)
+                for layer, channel in channels:
+                    got = await receive(layer, channel)
+                    assert got["n"] == n and ("offset" in got) is keep, got
+            after = await redis.info("commandstats")
+            calls = {
+                name: after[name]["calls"] - before.get(name, {}).get("calls", 0)
+                for name in after
+                if after[name]["calls"] != before.get(name, {}).get("calls", 0)
+            }
+            calls["cmdstat_info"] = calls.get("cmdstat_info", 1) - 1  # the first INFO itself
+            counted[keep] = calls
     finally:
         await redis.aclose()
-    calls = {
-        name: after[name]["calls"] - before.get(name, {}).get("calls", 0)
-        for name in after
-        if after[name]["calls"] != before.get(name, {}).get("calls", 0)
-    }
-    calls["cmdstat_info"] = calls.get("cmdstat_info", 1) - 1  # the first INFO itself
-    total = sum(calls.values())
-    print(f"Redis commands for one broadcast to 1,000 members over 2 processes: {calls}")
-    assert total <= 2 * len(layers) + 2, calls
+    print(f"Redis commands for one broadcast to 1,000 members over 2 processes: {counted}")
+    for keep, calls in counted.items():
+        assert sum(calls.values()) <= 2 * len(layers) + 2, (keep, calls)
+    assert "cmdstat_rpush" in counted[True] and "cmdstat_rpush" not in counted[False]
     for layer in layers:
         await layer.close()
+
+
+async def test_expiries_are_set_with_a_key_and_refreshed_about_once_a_minute(pair: Any) -> None:
+    a, _ = pair(group_expiry=1000)
+    name = a.channel_key("room")
+    counter, history = a.counter_key(name), a.history_key(name)
+    kept = {"type": "skapi.frame", "text": "{}", "keep": True}
+    redis = Redis.from_url(redis_url())
+    try:
+        with override_settings(SKAPI_CHANNELS={"HISTORY_SIZE": 4, "HISTORY_TTL": 100}):
+            await a.group_send("room", kept)
+            assert 1000 < await redis.ttl(counter) <= 1000 + REFRESH_EVERY
+            assert 100 < await redis.ttl(history) <= 100 + REFRESH_EVERY
+            await redis.expire(counter, 50)
+            await redis.expire(history, 50)
+            for _ in range(25):  # within the minute: no refresh; trimmed in batches
+                await a.group_send("room", kept)
+            assert await redis.ttl(counter) <= 50 and await redis.ttl(history) <= 50
+            assert 4 < await redis.llen(history) <= 4 + 16 + 1
+            assert [o for o, _ in (await a.history_read("room", last=10)).frames] == [23, 24, 25, 26]
+            for key in (counter, history):
+                a._refreshed[key] -= REFRESH_EVERY + 1  # a minute later
+            await a.group_send("room", kept)
+            assert await redis.ttl(counter) > 1000 and await redis.ttl(history) > 100
+    finally:
+        await redis.aclose()
 
 
 async def test_a_redis_restart_is_survived_and_its_gap_told(private_redis: RedisServer) -> None:
