@@ -31,6 +31,7 @@ send do (docs/protocol.md section 11), and carry its ``#offset``.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +42,7 @@ from channels.layers import get_channel_layer
 from skapi_channels import metrics, queries
 from skapi_channels.addressing import group_address, user_address
 from skapi_channels.conf import conf
-from skapi_channels.history import enabled
+from skapi_channels.history import ReadsHistorySync, Slice, enabled
 from skapi_channels.models import Connection
 from skapi_channels.protocol import (
     CLOSE_BY_SERVER,
@@ -176,18 +177,49 @@ async def aprivate_history(
 
 
 async def _read(address: str, since: int | None, last: int | None, epoch: str | None) -> History:
+    since, last = _read_arguments(since, last)
+    layer = _layer()
+    if not enabled(layer):
+        return History("", 0, [], False if since is not None else None)
+    return _answer(await layer.history_read(address, since=since, last=last), since, epoch)
+
+
+def _read_sync(
+    address: str, since: int | None, last: int | None, epoch: str | None, name: str
+) -> History:
+    """``_read`` for sync callers: on a layer that can (the Redis layer), through its
+    blocking connections, which outlive the call; ``async_to_sync`` would make a new
+    event loop, and the layer new connections, each time."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise RuntimeError(f"{name}() cannot run in an event loop's thread: await a{name}().")
+    since, last = _read_arguments(since, last)
+    layer = _layer()
+    if not enabled(layer):
+        return History("", 0, [], False if since is not None else None)
+    if isinstance(layer, ReadsHistorySync):
+        kept = layer.history_read_sync(address, since=since, last=last)
+    else:
+        kept = async_to_sync(layer.history_read)(address, since=since, last=last)
+    return _answer(kept, since, epoch)
+
+
+def _read_arguments(since: int | None, last: int | None) -> tuple[int | None, int | None]:
+    """``since`` and ``last`` checked; ``last`` 0 when neither is given (where the
+    stream stands, nothing replayed)."""
     if since is not None and last is not None:
         raise ValueError("Give since or last, not both.")
     if since is not None and (isinstance(since, bool) or not isinstance(since, int) or since < 0):
         raise ValueError(f"since must be an integer of 0 or more, not {since!r}.")
     if last is not None and (isinstance(last, bool) or not isinstance(last, int) or last < 1):
         raise ValueError(f"last must be a positive integer, not {last!r}.")
-    layer = _layer()
-    if not enabled(layer):
-        return History("", 0, [], False if since is not None else None)
-    if since is None and last is None:
-        last = 0  # where the stream stands, nothing replayed
-    kept = await layer.history_read(address, since=since, last=last)
+    return since, 0 if since is None and last is None else last
+
+
+def _answer(kept: Slice, since: int | None, epoch: str | None) -> History:
     recovered = None
     if since is not None:
         recovered = kept.complete and (epoch is None or epoch == kept.epoch)
@@ -280,15 +312,18 @@ alist_users = database_sync_to_async(list_users)
 def history(
     group: str, *, since: int | None = None, last: int | None = None, epoch: str | None = None
 ) -> History:
-    """Sync form of ``ahistory``."""
-    return async_to_sync(ahistory)(group, since=since, last=last, epoch=epoch)
+    """Sync form of ``ahistory`` (on the Redis layer, through connections the layer
+    keeps for sync callers)."""
+    _check_group(group)
+    return _read_sync(group_address(group), since, last, epoch, "history")
 
 
 def private_history(
     user_id: str, *, since: int | None = None, last: int | None = None, epoch: str | None = None
 ) -> History:
     """Sync form of ``aprivate_history``."""
-    return async_to_sync(aprivate_history)(user_id, since=since, last=last, epoch=epoch)
+    _check_user_id(user_id)
+    return _read_sync(user_address(user_id), since, last, epoch, "private_history")
 
 
 def send_to_user(user_id: str, content: Any, *, sender: str | None = None) -> None:

@@ -19,6 +19,8 @@ The contract between the consumer and a layer that keeps history
   epoch, the offset of its latest message, and the kept frames after ``since``
   (or the ``last`` most recent ones). Reading a stream that has no state yet
   creates it, so the epoch a reader learns is the one the next message gets.
+- ``history_read_sync`` (optional, ``ReadsHistorySync``): the same read for sync
+  callers, on connections that outlive a call.
 - The epoch changes whenever the stream's history is lost (its store restarted,
   or the stream expired), and offsets start again from 1 under the new epoch.
 
@@ -34,7 +36,17 @@ from typing import Any, Protocol, runtime_checkable
 from skapi_channels.conf import conf
 from skapi_channels.protocol import EPOCH, KEEP, OFFSET
 
-__all__ = ["EPOCH", "KEEP", "OFFSET", "Cursor", "HistoryLayer", "Slice", "enabled", "retention"]
+__all__ = [
+    "EPOCH",
+    "KEEP",
+    "OFFSET",
+    "Cursor",
+    "HistoryLayer",
+    "ReadsHistorySync",
+    "Slice",
+    "enabled",
+    "retention",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +73,17 @@ class HistoryLayer(Protocol):
     async def group_send(self, group: str, message: dict[str, Any]) -> None: ...
 
     async def history_read(
+        self, group: str, *, since: int | None = None, last: int | None = None
+    ) -> Slice: ...
+
+
+@runtime_checkable
+class ReadsHistorySync(Protocol):
+    """A history layer that also reads without an event loop, for sync callers
+    (``api.history``): the same answer as ``history_read``. A layer without it is
+    read through ``async_to_sync``."""
+
+    def history_read_sync(
         self, group: str, *, since: int | None = None, last: int | None = None
     ) -> Slice: ...
 

@@ -58,15 +58,18 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Iterable
 from typing import Any
 
+import redis
 from channels_redis.serializers import registry
 from channels_redis.utils import create_pool, decode_hosts
 from django.core.exceptions import ImproperlyConfigured
 from redis import asyncio as aioredis
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from skapi_channels.history import Slice, retention, slice_of
 from skapi_channels.layers import REDIS_DOWN
@@ -383,6 +386,9 @@ class RedisFanoutLayer(LocalChannelLayer):
 
     extensions = ["groups", "flush"]
     keeps_history = True
+    # History reads of sync callers: a pool of blocking connections, made at first use.
+    _sync_pool: Any = None
+    _sync_history_script: Any = None
 
     def __init__(
         self,
@@ -634,12 +640,38 @@ class RedisFanoutLayer(LocalChannelLayer):
         self, group: str, *, since: int | None = None, last: int | None = None
     ) -> Slice:
         self._client()
-        size, ttl = retention()
+        keys, args = self._history_call(group)
+        return self._history_slice(await self._history_script(keys=keys, args=args), since, last)
+
+    def history_read_sync(
+        self, group: str, *, since: int | None = None, last: int | None = None
+    ) -> Slice:
+        """``history_read`` for sync code (``api.history`` in a WSGI view, a management
+        command), without an event loop: through one pool of blocking connections kept
+        by the layer and shared by threads (named ``skapi-sync-<process>`` in CLIENT
+        LIST), not a pool per event loop, which ``async_to_sync`` makes anew each call."""
+        script = self._sync_history_script
+        if script is None:
+            with _SYNC_LOCK:
+                if self._sync_history_script is None:
+                    self._sync_pool = sync_pool(self.host, f"skapi-sync-{self.process}")
+                    client = redis.Redis(connection_pool=self._sync_pool)
+                    self._sync_history_script = client.register_script(HISTORY_LUA)
+                script = self._sync_history_script
+        keys, args = self._history_call(group)
+        return self._history_slice(script(keys=keys, args=args), since, last)
+
+    def _history_call(self, group: str) -> tuple[list[bytes], list[Any]]:
+        """The keys and arguments of HISTORY_LUA reading the stream ``group``."""
         name = self.channel_key(group)
         keys = [self.counter_key(name), self.history_key(name)]
-        epoch, latest, items = await self._history_script(
-            keys=keys, args=[secrets.token_hex(6), self.group_expiry + REFRESH_EVERY, size]
-        )
+        size, _ = retention()
+        return keys, [secrets.token_hex(6), self.group_expiry + REFRESH_EVERY, size]
+
+    def _history_slice(self, reply: Any, since: int | None, last: int | None) -> Slice:
+        """What HISTORY_LUA answered, read as ``since`` / ``last`` ask."""
+        _, ttl = retention()
+        epoch, latest, items = reply
         oldest = time.time() - ttl
         kept: list[tuple[int, str]] = []
         for item in items:
@@ -668,5 +700,27 @@ class RedisFanoutLayer(LocalChannelLayer):
             await self.redis.aclose(close_connection_pool=True)
             self.redis = None
         self._loop = None
+        if self._sync_pool is not None:
+            self._sync_pool.disconnect()  # reconnects if a sync read comes later
 
     close_pools = close
+
+
+# Blocking connections for sync callers.
+
+_SYNC_LOCK = threading.Lock()
+
+
+def sync_pool(host: dict[str, Any], client_name: str) -> redis.ConnectionPool:
+    """A thread-safe pool of blocking connections to ``host`` (an entry of the
+    layer's ``hosts``, as channels-redis's ``create_pool`` reads it), each named
+    ``client_name`` unless the entry names them."""
+    host = {"client_name": client_name, **host}
+    if "address" in host:
+        return redis.ConnectionPool.from_url(host.pop("address"), **host)
+    master_name = host.pop("master_name", None)
+    if master_name is not None:
+        sentinels = host.pop("sentinels")
+        sentinel = Sentinel(sentinels, sentinel_kwargs=host.pop("sentinel_kwargs", None))
+        return SentinelConnectionPool(master_name, sentinel, **host)
+    return redis.ConnectionPool(**host)

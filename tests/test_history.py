@@ -462,6 +462,28 @@ async def test_api_reads_and_feeds_the_history(users, connect):
         await api.ahistory(group, last=0)
 
 
+def test_api_reads_the_history_from_sync_code():
+    from skapi_channels import api
+
+    group = room()
+    api.broadcast(group, "one")
+    api.broadcast(group, "two")
+    kept = api.history(group, last=1)
+    assert (kept.offset, [m["#message"] for m in kept.messages]) == (2, ["two"])
+    again = api.history(group, since=1, epoch=kept.epoch)
+    assert (again.recovered, [m["#offset"] for m in again.messages]) == (True, [2])
+    api.send_to_user("9", "p")
+    assert api.private_history("9", last=3).messages[0]["#private"] == "p"
+    with pytest.raises(ValueError):
+        api.history(group, since=1, last=1)
+
+    async def inside_a_loop() -> None:
+        with pytest.raises(RuntimeError, match="await ahistory"):
+            api.history(group)
+
+    asyncio.run(inside_a_loop())
+
+
 @pytest.mark.parametrize(
     ("name", "value", "ok"),
     [
