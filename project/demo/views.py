@@ -15,10 +15,21 @@ from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_POST
 
 from skapi_channels.conf import conf
+from skapi_channels.history import retention
 from skapi_channels.models import OnlineUser
 
 # user_ids one names request may ask about (a page of participants).
 MAX_NAMES = 100
+# Recent messages a join shows: the page asks ``last`` of at most this many, and
+# never more than the server keeps (docs/protocol.md section 11).
+RECENT = 20
+
+
+def recent_on_join() -> int:
+    """The ``last`` the page's joins ask: ``RECENT``, or ``HISTORY_SIZE`` when that is
+    smaller (the server refuses a larger ``last``); 0 while history is off (the page
+    then asks none)."""
+    return min(RECENT, retention()[0])
 
 
 @login_required
@@ -26,7 +37,7 @@ MAX_NAMES = 100
 def chat(request: HttpRequest) -> HttpResponse:
     user_id = conf.USER_ID_FUNCTION(request.user)
     me = {"user_id": user_id, "name": request.user.get_username()}
-    return render(request, "demo/chat.html", {"me": me})
+    return render(request, "demo/chat.html", {"me": me, "recent": recent_on_join()})
 
 
 @require_POST

@@ -59,3 +59,38 @@ def test_names_refuses_bad_input_and_anonymous() -> None:
         assert answer.status_code == 400
         assert answer.json()["code"] == "INVALID_PARAMETER"
     assert client.get("/names/").status_code == 405
+
+
+@pytest.mark.parametrize(
+    ("history", "recent"),
+    [
+        ({}, 20),  # HISTORY_SIZE 100 by default
+        ({"HISTORY_SIZE": 5}, 5),
+        ({"HISTORY_SIZE": 20}, 20),
+        ({"HISTORY_SIZE": 0}, 0),  # history off: the page asks no last
+        ({"HISTORY_TTL": 0}, 0),
+    ],
+)
+def test_the_chat_page_never_asks_more_recent_messages_than_the_server_keeps(
+    history: dict[str, Any], recent: int
+) -> None:
+    """The page's joins ask ``last`` of at most 20 and at most HISTORY_SIZE, so the
+    server accepts it, and none while history is off."""
+    import re
+
+    from django.test import override_settings
+
+    from skapi_channels.history import retention
+    from skapi_channels.protocol import parse_frame
+
+    client = Client()
+    client.force_login(make_user("alice"))
+    with override_settings(SKAPI_CHANNELS=history):
+        page = client.get("/").content.decode()
+        # The join form's hidden "last" input (joinRealtime reads the form), which
+        # the page's other joins copy; none while history is off.
+        found = re.findall(r'<input type="number" name="last" value="(\d+)" hidden>', page)
+        assert found == ([str(recent)] if recent else [])
+        if recent:
+            frame = json.dumps({"action": "joinRoom", "rid": "g", "last": recent})
+            assert parse_frame(frame, 128, retention()[0]).last == recent

@@ -317,11 +317,18 @@
         return loadPeople();
     }
 
-    // A join shows the group's recent messages (replayed from its history).
-    var RECENT = 20;
+    // A join shows the group's recent messages (replayed from its history): as
+    // many as the join form's hidden "last" input says (the server renders it with
+    // at most its HISTORY_SIZE, so it is never refused, and leaves it out while it
+    // keeps no history).
+    var lastInput = $('join-form').elements.last;
+    var RECENT = lastInput ? parseInt(lastInput.value, 10) : 0;
 
     function join(group) {
-        var params = group === null ? { group: null } : { group: group, last: RECENT };
+        var params = { group: group };
+        if (group !== null && RECENT > 0) {
+            params.last = RECENT;
+        }
         return skapi.joinRealtime(params).then(function (res) {
             return joined(group, res);
         }, showError);
