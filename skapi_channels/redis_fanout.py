@@ -17,12 +17,16 @@ What docs/protocol.md section 10 asks, on this path:
   a message published after a ``joinRoom`` ack reaches the new member;
   ``group_discard`` first waits for a PING through the subscription connection, so
   every message published before the leave is queued for the member before it stops
-  being one (the consumer's drain marker then follows them);
+  being one (the consumer's drain marker then follows them); while that connection
+  is down it waits (up to ``retry_for``) for the next one and its counter check, so
+  a member leaving then is told its gap first;
 - nothing lost silently: each message carries its group counter's value. A
   process that sees a gap (its subscription connection dropped, Redis disconnected
   a subscriber that fell behind, Redis restarted) tells the affected members with
   ``{"type": "skapi.missed", "count": n}``. After a reconnection the process reads
-  the counters once, so a gap is told even if no further message comes; a send that
+  the counters once, so a gap is told even if no further message comes (for a group
+  with no message since it was subscribed, from the counters read just after the
+  subscription was confirmed); a send that
   gave up while Redis was down is later published as a gap marker (the counter
   advances without a message), so its receivers are told too;
 - a Redis restart: receives never touch Redis (the queues are local), sends and
@@ -161,11 +165,21 @@ class _Subscriber:
         # Per Redis channel, the SUBSCRIBE commands not yet confirmed (in order), each
         # with the futures waiting for it and whether it starts a fresh subscription.
         self.confirming: dict[bytes, deque[tuple[list[asyncio.Future[None]], bool]]] = {}
-        self.pongs: deque[asyncio.Future[None]] = deque()
+        # PINGs awaiting their answer: True once answered, False when the
+        # connection was lost first.
+        self.pongs: deque[asyncio.Future[bool]] = deque()
         # Per channel, the last value of each counter ("n", "o") accounted for
         # (delivered or told); None until the counter's first message on a fresh
         # subscription.
         self.last: dict[bytes, list[int | None]] = {}
+        # Per channel subscribed afresh, its counters read just after Redis
+        # confirmed: where a counter still None starts, should the connection drop
+        # before its first message.
+        self.floor: dict[bytes, list[int]] = {}
+        self.unread: set[bytes] = set()  # fresh subscriptions whose counters are unread
+        self.reading: asyncio.Task[None] | None = None
+        # Done while connected with every gap of the last reconnection told.
+        self.ready: asyncio.Future[None] = loop.create_future()
         self.epoch: bytes | None = None
         self.task = loop.create_task(self.run())
 
@@ -201,13 +215,22 @@ class _Subscriber:
     def unsubscribe(self, name: bytes) -> None:
         self.wanted.discard(name)
         self.last.pop(name, None)
+        self.floor.pop(name, None)
         self._send("UNSUBSCRIBE", name)
 
-    def barrier(self) -> asyncio.Future[None]:
-        """Done once everything Redis published before now has been handled."""
+    async def barrier(self) -> None:
+        """Return once everything Redis published before now has been handled, or
+        told as missed: while the connection is down, that waits for the next one
+        and its reconciliation (a member leaving then is told its gap first)."""
+        while True:
+            await asyncio.shield(self.ready)
+            if await self._ping():
+                return
+
+    def _ping(self) -> asyncio.Future[bool]:
         future = self.loop.create_future()
         if self.connection is None:
-            future.set_result(None)  # nothing is in flight on a dead connection
+            future.set_result(False)
         else:
             self.pongs.append(future)
             self._send("PING")
@@ -232,6 +255,7 @@ class _Subscriber:
                     # who joined while Redis was down too).
                     for name in self.wanted:
                         self.last[name] = [0, 0]
+                    self.floor.clear()
                     for name, pending in self.confirming.items():
                         self.confirming[name] = deque((f, False) for f, _ in pending)
                 self.epoch = epoch
@@ -240,7 +264,9 @@ class _Subscriber:
                 self._resubscribe(connection)
                 if reconnected:
                     logger.info("Redis reachable again; subscriptions restored")
-                    self.loop.create_task(self._reconcile())
+                    self.loop.create_task(self._reconcile(connection))
+                elif not self.ready.done():
+                    self.ready.set_result(None)
                 down_since = None
                 delay = 0.05
                 while True:
@@ -264,9 +290,11 @@ class _Subscriber:
                 delay = min(delay * 2, 1.0)
 
     def _lost_connection(self) -> None:
+        if self.ready.done():
+            self.ready = self.loop.create_future()
         for future in self.pongs:
             if not future.done():
-                future.set_result(None)
+                future.set_result(False)
         self.pongs.clear()
         # Every wanted channel is subscribed again on the next connection; the
         # futures of the unconfirmed commands wait for that.
@@ -287,28 +315,38 @@ class _Subscriber:
         for start in range(0, len(names), 1000):
             self._send("SUBSCRIBE", *names[start : start + 1000])
 
-    async def _reconcile(self) -> None:
+    async def _reconcile(self, connection: Any) -> None:
         """After a reconnection: tell the gaps of groups whose messages were
         published while this process was not subscribed, without waiting for their
-        next message."""
-        names = [n for n in self.wanted if any(v is not None for v in self.last.get(n, ()))]
-        try:
-            await asyncio.gather(*(asyncio.shield(self.confirmed(n)) for n in names))
-            pipe = self.layer.redis.pipeline(transaction=False)
-            for name in names:
-                pipe.hmget(self.layer.counter_key(name), "n", "o")
-            counts = await pipe.execute()
-            await self.barrier()
-        except REDIS_DOWN:
-            return  # the next reconnection reconciles
+        next message; then the subscriber is ready again."""
+        while self.connection is connection:
+            try:
+                await self._tell_gaps()
+            except REDIS_DOWN:
+                await asyncio.sleep(0.2)
+                continue
+            except Exception:
+                logger.exception("Could not check the counters after a reconnection")
+            break
+        if self.connection is connection and not self.ready.done():
+            self.ready.set_result(None)
+
+    async def _tell_gaps(self) -> None:
+        names = [n for n in self.wanted if n in self.last or n in self.floor]
+        await asyncio.gather(*(asyncio.shield(self.confirmed(n)) for n in names))
+        counts = await self._counters(names)
+        if not await self._ping():
+            return  # lost again: the next reconnection reconciles
         for name, values in zip(names, counts, strict=True):
             last = self.last.get(name)
             if last is None or name not in self.wanted:
                 continue
+            floor = self.floor.get(name)
             missed = 0
-            for index, value in enumerate(values):
+            for index, current in enumerate(values):
                 seen = last[index]
-                current = int(value or 0)
+                if seen is None and floor is not None:
+                    seen = floor[index]  # nothing arrived since it subscribed
                 # A restart of the numbering was seen at the connection (the epoch);
                 # here a counter can only be ahead of what arrived.
                 if seen is not None and current > seen:
@@ -316,6 +354,25 @@ class _Subscriber:
                     missed += current - seen
             if missed:
                 self.layer.missed_on(name, missed)
+
+    async def _counters(self, names: list[bytes]) -> list[list[int]]:
+        """The counters ("n", "o") of the groups ``names``, in one round trip."""
+        pipe = self.layer.redis.pipeline(transaction=False)
+        for name in names:
+            pipe.hmget(self.layer.counter_key(name), "n", "o")
+        return [[int(v or 0) for v in values] for values in await pipe.execute()]
+
+    async def _read_floors(self) -> None:
+        """Read the counters of the channels just subscribed afresh (in batches)."""
+        while self.unread:
+            names, self.unread = sorted(self.unread), set()
+            try:
+                counts = await self._counters(names)
+            except REDIS_DOWN:
+                return  # their counters start unknown; a restart (epoch) still resets them
+            for name, values in zip(names, counts, strict=True):
+                if name in self.wanted:
+                    self.floor[name] = values
 
     # What Redis sends.
 
@@ -330,15 +387,19 @@ class _Subscriber:
                 futures, fresh = pending.popleft()
                 if not pending:
                     del self.confirming[name]
-                if fresh:
+                if fresh or name not in self.last:
                     self.last[name] = [None, None]
+                    self.floor.pop(name, None)
+                    self.unread.add(name)
+                    if self.reading is None or self.reading.done():
+                        self.reading = self.loop.create_task(self._read_floors())
                 for future in futures:
                     if not future.done():
                         future.set_result(None)
         elif kind == b"pong" and self.pongs:
             future = self.pongs.popleft()
             if not future.done():
-                future.set_result(None)
+                future.set_result(True)
 
     def _message(self, name: bytes, data: bytes) -> None:
         if name not in self.wanted:
@@ -549,7 +610,7 @@ class RedisFanoutLayer(LocalChannelLayer):
         if members is not None and channel in members:
             # Everything published to the group before now reaches the channel first.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._ensure().barrier()), self.retry_for)
+                await asyncio.wait_for(self._ensure().barrier(), self.retry_for)
         await super().group_discard(group, channel)
 
     def _leave(self, group: str, channel: str) -> None:

@@ -174,6 +174,92 @@ async def test_a_dropped_subscription_connection_is_told_without_a_next_message(
     assert delivered == sorted(delivered) and missed + len(delivered) == 3, events
 
 
+def hold_reconnection(layer: RedisFanoutLayer) -> asyncio.Event:
+    """Hold ``layer``'s subscriber between connecting again and subscribing, until
+    the event returned is set (as when it connects while messages are published)."""
+    release = asyncio.Event()
+    epoch = layer.epoch
+
+    async def held() -> bytes:
+        await release.wait()
+        return await epoch()
+
+    layer.epoch = held  # type: ignore[method-assign]
+    return release
+
+
+async def kill_subscriber(redis: Redis, layer: RedisFanoutLayer) -> None:
+    for client in await redis.client_list(_type="pubsub"):
+        if client["name"] == layer.subscriber_name:
+            await redis.client_kill_filter(_id=client["id"])
+    for _ in range(100):
+        if layer._subscriber is not None and layer._subscriber.connection is None:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the subscription connection did not drop")
+
+
+async def test_a_member_leaving_while_the_subscription_is_down_is_told_its_gap_first(
+    private_redis: RedisServer,
+) -> None:
+    """Redis restarts; a message is published before the receiving process has
+    subscribed again, and a member leaves the group then: it is told the gap before
+    its leave takes effect (its drain marker comes after the tell)."""
+    a, b = make(private_redis.url, "leave"), make(private_redis.url, "leave")
+    runtime.counters.clear()
+    leaver, staying = await b.new_channel(), await b.new_channel()
+    for channel in (leaver, staying):
+        await b.group_add("room", channel)
+        b.report_missed_to(channel)
+    await a.group_send("room", {"type": "skapi.frame", "n": 0})
+    for channel in (leaver, staying):
+        assert (await receive(b, channel))["n"] == 0
+    release = hold_reconnection(b)
+    private_redis.stop()
+    private_redis.start()
+    await a.group_send("room", {"type": "skapi.frame", "n": 1, "text": "{}", "keep": True})
+    leaving = asyncio.create_task(b.group_discard("room", leaver))
+    await asyncio.sleep(0.3)
+    assert not leaving.done(), "the leave did not wait for the gap to be told"
+    release.set()
+    await asyncio.wait_for(leaving, 10)
+    await b.send(leaver, {"type": "skapi.drained"})
+    assert await receive(b, leaver) == {"type": "skapi.missed", "count": 1}
+    assert (await receive(b, leaver))["type"] == "skapi.drained"
+    assert await receive(b, staying) == {"type": "skapi.missed", "count": 1}
+    for layer in (a, b):
+        await layer.close()
+    runtime.counters.clear()
+
+
+async def test_a_dropped_connection_is_told_for_a_group_that_had_no_message_yet(
+    pair: Any,
+) -> None:
+    """A group joined (no message since) whose subscription drops while messages are
+    published: the counters read when it subscribed say what was missed."""
+    a, b = pair()
+    channel = await b.new_channel()
+    await b.group_add("room", channel)
+    b.report_missed_to(channel)
+    name = b.channel_key("room")
+    for _ in range(100):
+        if b._subscriber is not None and name in b._subscriber.floor:
+            break
+        await asyncio.sleep(0.02)
+    release = hold_reconnection(b)
+    redis = Redis.from_url(redis_url())
+    try:
+        await kill_subscriber(redis, b)
+        await a.group_send("room", {"type": "skapi.frame", "n": 1})
+        await a.group_send("room", {"type": "skapi.frame", "n": 2, "text": "{}", "keep": True})
+    finally:
+        await redis.aclose()
+    release.set()
+    assert await receive(b, channel, 10) == {"type": "skapi.missed", "count": 2}
+    await a.group_send("room", {"type": "skapi.frame", "n": 3})
+    assert (await receive(b, channel))["n"] == 3
+
+
 async def test_a_slow_receiver_is_told_what_its_full_queue_lost(pair: Any) -> None:
     a, b = pair(capacity=2)
     channel = await b.new_channel()
