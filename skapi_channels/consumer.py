@@ -20,7 +20,7 @@ from skapi_channels import metrics, presence, signals
 from skapi_channels.addressing import group_address, user_address
 from skapi_channels.client_address import client_address
 from skapi_channels.conf import conf
-from skapi_channels.handshake import auser_id, login_of, origin_allowed
+from skapi_channels.handshake import login_of, origin_allowed
 from skapi_channels.history import (
     EPOCH,
     OFFSET,
@@ -127,8 +127,7 @@ class RealtimeConsumer(AsyncConsumer):
         if login is None:
             refusals.take(address)
             return await self.refuse()
-        user = login.user
-        user_id = await auser_id(user)
+        user, user_id = login.user, login.user_id
         if not limiter("handshakes", conf.HANDSHAKES_PER_MINUTE).take(user_id):
             logger.warning("Refused a handshake of user %s: over the handshake rate", user_id)
             return await self.refuse()

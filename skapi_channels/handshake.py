@@ -19,7 +19,8 @@ from django.http.request import validate_host
 
 from skapi_channels.conf import conf
 from skapi_channels.presence_batch import GroupCommit, one_by_one
-from skapi_channels.tokens import auth_hash, read_payload, token_holds
+from skapi_channels.revocation import logout_times
+from skapi_channels.tokens import auth_hash, hash_holds, read_payload
 
 
 def header(scope: dict[str, Any], name: bytes) -> str | None:
@@ -82,23 +83,48 @@ def active_users(user_pks: Sequence[str]) -> list[Any | None]:
     ]
 
 
-_user_lookups: GroupCommit[str] = GroupCommit(active_users)
-
-
-async def aactive_user(user_pk: str) -> Any | None:
-    return await _user_lookups.submit(user_pk)
-
-
 @dataclass(frozen=True, slots=True)
 class Login:
     """Who opened a socket, and under which login (for revocation, docs/protocol.md
     section 13)."""
 
     user: Any
+    # The user's protocol user_id (USER_ID_FUNCTION).
+    user_id: str
     # The user's session auth hash when the socket opened.
     auth_hash: str
     # The session the socket was opened with (None: a token, or a session-less user).
     session_key: str | None
+
+
+def user_id_of(user: Any) -> str:
+    return str(conf.USER_ID_FUNCTION(user))
+
+
+def token_logins(payloads: Sequence[dict[str, Any]]) -> list[Login | BaseException | None]:
+    """The login of each validly signed token payload, or None: its user active, its
+    auth hash unchanged, no logout since it was issued. A burst of handshakes reads
+    its users in one query and their logout times in one cache read; a user_id that
+    ``USER_ID_FUNCTION`` fails to give answers that handshake alone (its exception)."""
+    users = active_users([payload["u"] for payload in payloads])
+    logged_out = logout_times({user.pk for user in users if user is not None})
+    logins: list[Login | BaseException | None] = []
+    for payload, user in zip(payloads, users, strict=True):
+        if user is None or not hash_holds(payload, user):
+            logins.append(None)
+            continue
+        out_at = logged_out.get(str(user.pk))
+        if out_at is not None and payload["t"] <= out_at:
+            logins.append(None)
+            continue
+        try:
+            logins.append(Login(user, user_id_of(user), auth_hash(user), None))
+        except Exception as error:
+            logins.append(error)
+    return logins
+
+
+_token_lookups: GroupCommit[dict[str, Any]] = GroupCommit(token_logins)
 
 
 def session_login(cookie_header: str | None) -> Login | None:
@@ -116,7 +142,7 @@ def session_login(cookie_header: str | None) -> Login | None:
     user = get_user(SimpleNamespace(session=store))  # verifies the session's auth hash
     if not (user.is_authenticated and user.is_active):
         return None
-    return Login(user, auth_hash(user), session_key)
+    return Login(user, user_id_of(user), auth_hash(user), session_key)
 
 
 _session_lookups: GroupCommit[str | None] = GroupCommit(one_by_one(session_login))
@@ -128,7 +154,7 @@ async def asession_login(cookie_header: str | None) -> Login | None:
     return await _session_lookups.submit(cookie_header)
 
 
-_user_ids: GroupCommit[Any] = GroupCommit(one_by_one(lambda user: str(conf.USER_ID_FUNCTION(user))))
+_user_ids: GroupCommit[Any] = GroupCommit(one_by_one(user_id_of))
 
 
 async def auser_id(user: Any) -> str:
@@ -138,22 +164,25 @@ async def auser_id(user: Any) -> str:
 
 
 async def login_of(scope: dict[str, Any]) -> Login | None:
-    """The login of a handshake, or None. A ``?token=`` decides over the session."""
+    """The login of a handshake, or None. A ``?token=`` decides over the session.
+
+    Each way takes one hop to the database thread, shared by the handshakes that
+    arrive together: a token's user, logout time and user_id are read in one call.
+    """
     token = query_token(scope)
     if token is not None:
         payload = read_payload(token)
         if payload is None:
             return None
-        user = await aactive_user(payload["u"])
-        if user is None or not await token_holds(payload, user):
-            return None
-        return Login(user, auth_hash(user), None)
+        return await _token_lookups.submit(payload)
     user = scope.get("user")  # set when the route is wrapped in AuthMiddlewareStack
     if user is not None:
         if not user.is_authenticated:
             return None
         session = scope.get("session")
-        return Login(user, auth_hash(user), getattr(session, "session_key", None))
+        return Login(
+            user, await auser_id(user), auth_hash(user), getattr(session, "session_key", None)
+        )
     return await asession_login(header(scope, b"cookie"))
 
 

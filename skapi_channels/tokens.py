@@ -60,14 +60,6 @@ def hash_holds(payload: dict[str, Any], user: Any) -> bool:
     return constant_time_compare(auth_hash(user), payload["h"])
 
 
-async def token_holds(payload: dict[str, Any], user: Any) -> bool:
-    """Whether the login a token was issued under still holds for ``user``: the same
-    auth hash, and no logout since."""
-    from skapi_channels.revocation import alogged_out_since
-
-    return hash_holds(payload, user) and not await alogged_out_since(user.pk, payload["t"])
-
-
 def token_user(token: str) -> Any | None:
     """The active user a token authenticates, or None: the signature must hold, the
     token be unexpired, the user's auth hash unchanged since it was issued, and the

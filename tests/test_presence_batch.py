@@ -7,15 +7,19 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
+from unittest import mock
 
 import pytest
 from channels.db import database_sync_to_async
 from django.contrib.sessions.backends.db import SessionStore
+from django.core.cache import cache
 from django.db import IntegrityError, connections
+from django.test import override_settings
 from django.utils import timezone
 
 from skapi_channels import handshake, presence
@@ -36,8 +40,9 @@ from skapi_channels.presence import (
     apply_writes,
 )
 from skapi_channels.presence_batch import GroupCommit
+from skapi_channels.revocation import LOGOUT_KEY
 from skapi_channels.runtime import runtime
-from skapi_channels.tokens import issue_token
+from skapi_channels.tokens import issue_token, read_payload
 from tests.conftest import in_db, session_key_for
 
 
@@ -376,6 +381,52 @@ def test_active_users_answers_each_key_in_one_query(users, db_queries):
         None,
     ]
     assert found[0] is not found[3]  # each handshake gets its own instance
+
+
+def refuse_user_id_of_carol(user: Any) -> str:
+    if user.username == "carol":
+        raise LookupError("no user_id for carol")
+    return str(user.pk)
+
+
+def test_token_logins_read_users_and_logouts_once_for_a_burst(users, db_queries):
+    """One query for the users and one cache read for the logout times, whatever
+    the burst's size; each handshake answered on its own."""
+    payloads = {
+        user.username: read_payload(issue_token(user)[0])
+        for user in (users.alice, users.bob, users.carol)
+    }
+    cache.set(LOGOUT_KEY.format(users.bob.pk), time.time() + 1)  # bob logged out after
+    stale = {**payloads["alice"], "h": "an older auth hash"}
+    reads: list[list[str]] = []
+    get_many = cache.get_many
+
+    def counted(keys: list[str]) -> Any:
+        reads.append(keys)
+        return get_many(keys)
+
+    db_queries.clear()
+    try:
+        with (
+            mock.patch.object(cache, "get_many", counted),
+            override_settings(
+                SKAPI_CHANNELS={
+                    "USER_ID_FUNCTION": "tests.test_presence_batch.refuse_user_id_of_carol"
+                }
+            ),
+        ):
+            logins = handshake.token_logins(
+                [payloads["alice"], payloads["bob"], stale, payloads["carol"], payloads["alice"]]
+            )
+    finally:
+        cache.delete(LOGOUT_KEY.format(users.bob.pk))
+    assert len(db_queries) == 1 and len(reads) == 1
+    assert isinstance(logins[0], handshake.Login) and isinstance(logins[4], handshake.Login)
+    assert logins[0].user_id == str(users.alice.pk) and logins[0].session_key is None
+    assert logins[0].user is not logins[4].user
+    assert logins[1] is None  # logged out since the token was issued
+    assert logins[2] is None  # the password changed since
+    assert isinstance(logins[3], LookupError)  # fails that handshake alone
 
 
 async def test_a_burst_of_handshakes_gets_each_its_own_user(users, connect, presence_is_true):
