@@ -60,6 +60,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import itertools
 import logging
 import secrets
 import threading
@@ -73,6 +75,7 @@ from channels_redis.serializers import registry
 from channels_redis.utils import create_pool, decode_hosts
 from django.core.exceptions import ImproperlyConfigured
 from redis import asyncio as aioredis
+from redis.exceptions import NoScriptError
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from skapi_channels.history import Slice, retention, slice_of
@@ -151,6 +154,119 @@ TO = "__skapi_to"  # the target channel of a message sent to another process
 # it publishes to them, and how many such keys it remembers.
 REFRESH_EVERY = 60
 REFRESHED_KEYS = 10_000
+
+
+def pack(command: tuple[Any, ...]) -> bytes:
+    """``command`` (bytes, str and int arguments) in the Redis protocol: the few
+    lines of redis-py's general ``pack_command`` this path needs."""
+    parts = [b"*%d\r\n" % len(command)]
+    for arg in command:
+        if not isinstance(arg, bytes):
+            arg = str(arg).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+    return b"".join(parts)
+
+
+class _Publisher:
+    """This process's connection for the publishing script, in one event loop.
+
+    Commands are written as they come, those of one turn of the loop in one write,
+    and one reader answers them in order: none of a pool's per-command checkout,
+    health check and retry machinery on the path of every message. Per-sender order
+    holds as through a pool: a sender awaits each publish. A lost connection fails
+    what awaits an answer (``redis.ConnectionError``: the sender retries) and the
+    next command connects again."""
+
+    def __init__(self, layer: RedisFanoutLayer, loop: asyncio.AbstractEventLoop) -> None:
+        self.layer = layer
+        self.loop = loop
+        self.connection: Any = None
+        self.lock = asyncio.Lock()
+        self.reader: asyncio.Task[None] | None = None
+        self.unsent: list[bytes] = []  # packed commands to write
+        self.writing: Any = None  # the connection a writer task is writing to
+        self.waiting: deque[asyncio.Future[Any]] = deque()  # in the order written
+        self.sha = hashlib.sha1(PUBLISH_LUA.encode()).hexdigest()
+
+    async def publish(self, keys: list[bytes], args: list[Any]) -> Any:
+        try:
+            return await self.call("EVALSHA", self.sha, len(keys), *keys, *args)
+        except NoScriptError:  # Redis restarted, or its script cache was flushed
+            return await self.call("EVAL", PUBLISH_LUA, len(keys), *keys, *args)
+
+    async def call(self, *command: Any) -> Any:
+        connection = self.connection or await self._connect()
+        future = self.loop.create_future()
+        self.unsent.append(pack(command))
+        self.waiting.append(future)
+        if self.writing is not connection:
+            self.writing = connection
+            self.loop.create_task(self._write(connection))
+        return await future
+
+    async def _connect(self) -> Any:
+        async with self.lock:
+            if self.connection is None:
+                connection = self.layer.pool.make_connection()
+                await connection.connect()
+                self.connection = connection
+                self.reader = self.loop.create_task(self._read(connection))
+            return self.connection
+
+    async def _write(self, connection: Any) -> None:
+        try:
+            while self.unsent and self.connection is connection:
+                chunks, self.unsent = self.unsent, []
+                await connection.send_packed_command(chunks, False)
+        except Exception as error:
+            self._fail(connection, error)
+        finally:
+            if self.writing is connection:
+                self.writing = None
+
+    async def _read(self, connection: Any) -> None:
+        try:
+            while True:
+                try:
+                    reply = await connection.read_response()
+                except aioredis.ResponseError as error:
+                    reply = error
+                if not self.waiting:
+                    continue
+                future = self.waiting.popleft()
+                if future.done():
+                    continue  # its sender was cancelled
+                if isinstance(reply, Exception):
+                    future.set_exception(reply)
+                else:
+                    future.set_result(reply)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            self._fail(connection, error)
+
+    def _fail(self, connection: Any, error: BaseException) -> None:
+        if self.connection is not connection:
+            return
+        self.connection = None
+        self.unsent = []
+        waiting, self.waiting = self.waiting, deque()
+        for future in waiting:
+            if not future.done():
+                future.set_exception(aioredis.ConnectionError(f"Redis connection lost: {error}"))
+        if self.reader is not None and self.reader is not asyncio.current_task():
+            self.reader.cancel()
+        self.loop.create_task(connection.disconnect(nowait=True))
+
+    async def close(self) -> None:
+        connection, self.connection = self.connection, None
+        if self.reader is not None:
+            self.reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.reader
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.disconnect(nowait=True)
 
 
 class _Subscriber:
@@ -492,8 +608,11 @@ class RedisFanoutLayer(LocalChannelLayer):
         self._subscriber: _Subscriber | None = None
         self.pool: Any = None
         self.redis: Any = None
-        self._script: Any = None
+        self._publisher: _Publisher | None = None
         self._history_script: Any = None
+        # New epochs: this process's random id and a count, unique without the cost
+        # of a random token per message.
+        self._epochs = itertools.count()
         # Sends given up while Redis was down, per Redis channel: published later as
         # gap markers so their receivers are told.
         self.unsent: Counter[bytes] = Counter()
@@ -514,7 +633,7 @@ class RedisFanoutLayer(LocalChannelLayer):
             self._subscriber = None  # it belonged to a loop that is gone
             self.pool = create_pool(self.host)
             self.redis = aioredis.Redis(connection_pool=self.pool)
-            self._script = self.redis.register_script(PUBLISH_LUA)
+            self._publisher = _Publisher(self, loop)
             self._history_script = self.redis.register_script(HISTORY_LUA)
         return loop
 
@@ -654,7 +773,7 @@ class RedisFanoutLayer(LocalChannelLayer):
             payload,
             self.group_expiry + REFRESH_EVERY,
             increment,
-            secrets.token_hex(6),
+            f"{self.process}{next(self._epochs):x}",
             size,
             # A message pushed just before the next refresh still lives ``ttl``.
             int(ttl + 0.999) + REFRESH_EVERY,
@@ -663,7 +782,8 @@ class RedisFanoutLayer(LocalChannelLayer):
             self._due(history) if size else 0,
             max(16, size // 4),
         ]
-        return int(await self._script(keys=keys, args=args))
+        assert self._publisher is not None
+        return int(await self._publisher.publish(keys, args))
 
     def _due(self, key: bytes) -> int:
         """1 if this process has not refreshed ``key``'s expiry for REFRESH_EVERY
@@ -752,6 +872,9 @@ class RedisFanoutLayer(LocalChannelLayer):
             await self.redis.delete(key)
 
     async def close(self) -> None:
+        publisher, self._publisher = self._publisher, None
+        if publisher is not None:
+            await publisher.close()
         subscriber, self._subscriber = self._subscriber, None
         if subscriber is not None:
             subscriber.task.cancel()

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from django.test import override_settings
 from redis.asyncio import Redis
+from redis.asyncio.connection import Connection
 
-from skapi_channels.redis_fanout import REFRESH_EVERY, RedisFanoutLayer
+from skapi_channels.redis_fanout import REFRESH_EVERY, RedisFanoutLayer, pack
 from skapi_channels.runtime import runtime
 from tests.scaleout.conftest import RedisServer
 
@@ -392,3 +393,8 @@ async def test_a_send_given_up_during_an_outage_is_told_once_redis_is_back(
     for layer in (a, b):
         await layer.close()
     runtime.counters.clear()
+
+
+def test_the_publisher_packs_commands_as_redis_py_does() -> None:
+    command = ("EVALSHA", "ab12", 3, b"k:1", "k:2", b"\x00\r\n:payload", 86460, "1.5", 0)
+    assert pack(command) == b"".join(Connection().pack_command(*command))
