@@ -37,6 +37,10 @@ What docs/protocol.md section 10 asks, on this path:
   for a subscriber (``client-output-buffer-limit pubsub``) and disconnects one that
   falls further behind, which the gap check reports.
 
+Publishing goes through one connection per process and event loop
+(``skapi-pub-<process>`` in CLIENT LIST), pipelined: the scripts of one turn of the
+loop are written at once and answered in order.
+
 A channel name carries its process (``specific.<process>!<token>``): ``send`` to a
 channel of this process is queued directly, to another process it is published on
 that process's own subscription channel.
@@ -209,6 +213,8 @@ class _Publisher:
             if self.connection is None:
                 connection = self.layer.pool.make_connection()
                 await connection.connect()
+                await connection.send_command("CLIENT", "SETNAME", self.layer.publisher_name)
+                await connection.read_response()
                 self.connection = connection
                 self.reader = self.loop.create_task(self._read(connection))
             return self.connection
@@ -603,6 +609,7 @@ class RedisFanoutLayer(LocalChannelLayer):
         self.process = secrets.token_hex(6)
         self.inbox = f"{prefix}:p:{self.process}".encode()
         self.subscriber_name = f"skapi-sub-{self.process}"
+        self.publisher_name = f"skapi-pub-{self.process}"
         self._group_prefix = f"{prefix}:g:".encode()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._subscriber: _Subscriber | None = None
