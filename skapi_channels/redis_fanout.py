@@ -890,9 +890,14 @@ class RedisFanoutLayer(LocalChannelLayer):
         if self.redis is not None:
             await self.redis.aclose(close_connection_pool=True)
             self.redis = None
+            # A Sentinel host entry: the clients that asked the Sentinels for the master.
+            for client in getattr(getattr(self.pool, "sentinel_manager", None), "sentinels", ()):
+                await client.aclose()
         self._loop = None
         if self._sync_pool is not None:
             self._sync_pool.disconnect()  # reconnects if a sync read comes later
+            for client in getattr(getattr(self._sync_pool, "sentinel_manager", None), "sentinels", ()):
+                client.close()
 
     close_pools = close
 
