@@ -112,13 +112,17 @@ class RealtimeConsumer(AsyncConsumer):
         self.scope = scope
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
         sources = [receive]
+        takers: list[Any] = [None]
         if self.channel_layer is not None:
             self.channel_name = await self.channel_layer.new_channel()
             self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
             sources.append(self.channel_receive)
+            # Layers that queue in the process (local_layer.py) hand over a burst at once.
+            take = getattr(self.channel_layer, "receive_nowait", None)
+            takers.append(None if take is None else functools.partial(take, self.channel_name))
         self.base_send = send
         with contextlib.suppress(StopConsumer):
-            await dispatch_as_they_come(sources, self.dispatch)
+            await dispatch_as_they_come(sources, self.dispatch, takers)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels' dispatch closes stale database connections before every event,

@@ -135,6 +135,21 @@ class LocalChannelLayer(BaseChannelLayer):
             finally:
                 state.waiter = None
 
+    def receive_nowait(self, channel: str) -> dict[str, Any] | None:
+        """What ``receive`` would answer at once, or None when ``channel`` holds
+        nothing (or a receive of it is waiting): for a consumer to take the messages
+        queued behind the one it received without a task each (receive_loop.py)."""
+        state = self.channels.get(channel)
+        if state is None or state.waiter is not None:
+            return None
+        state.last_read = time.monotonic()
+        if state.missed:
+            count, state.missed = state.missed, 0
+            return {"type": EVENT_MISSED, "count": count}
+        if state.messages:
+            return state.messages.popleft()
+        return None
+
     async def new_channel(self, prefix: str = "specific.") -> str:
         return f"{prefix}.local!{secrets.token_urlsafe(12)}"
 

@@ -17,15 +17,30 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 Source = Callable[[], Awaitable[Any]]
+# What a source has ready without waiting, or None (see ``dispatch_as_they_come``).
+Taker = Callable[[], Any]
+
+# Messages taken without waiting after one received, before the other sources get a
+# turn: a client's frame waits behind at most this many queued layer messages.
+BURST = 32
 
 
 async def dispatch_as_they_come(
-    sources: Sequence[Source], dispatch: Callable[[Any], Awaitable[None]]
+    sources: Sequence[Source],
+    dispatch: Callable[[Any], Awaitable[None]],
+    takers: Sequence[Taker | None] = (),
 ) -> None:
     """Receive from every source at once and ``await dispatch(message)`` for each
     message, one at a time; a source is received from again once its message is
     handled. Ends with what ``dispatch`` or a source raises (``StopConsumer``, an
-    error), the pending receives cancelled."""
+    error), the pending receives cancelled.
+
+    ``takers[i]``, when given, answers the next message source ``i`` already holds
+    (None when it holds none) without awaiting: after a message of that source, the
+    ones queued behind it are handled at once, up to ``BURST`` while no other source
+    has a message, with no receive started for each (and the socket writes they cause
+    go out together)."""
+    takers = list(takers) + [None] * (len(sources) - len(takers))
     loop = asyncio.get_running_loop()
     ready: deque[int] = deque()  # sources whose receive has ended, in that order
     waiter: asyncio.Future[None] | None = None
@@ -52,6 +67,15 @@ async def dispatch_as_they_come(
             index = ready.popleft()
             message = tasks[index].result()
             await dispatch(message)
+            take = takers[index]
+            if take is not None:
+                for _ in range(BURST):
+                    if ready:
+                        break
+                    message = take()
+                    if message is None:
+                        break
+                    await dispatch(message)
             tasks[index] = receive(index)
     finally:
         for task in tasks:

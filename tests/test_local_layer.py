@@ -87,3 +87,22 @@ async def test_flush():
     await layer.group_add("g", name)
     await layer.flush()
     assert layer.channels == {} and layer.groups == {}
+
+
+async def test_receive_nowait_answers_what_receive_would_without_waiting():
+    layer = LocalChannelLayer(capacity=1)
+    layer.report_missed_to("c!1")
+    await layer.group_add("g", "c!1")
+    assert layer.receive_nowait("c!1") is None  # nothing queued
+    await layer.group_send("g", {"type": "m", "n": 1})
+    await layer.group_send("g", {"type": "m", "n": 2})  # over capacity: missed
+    assert layer.receive_nowait("c!1") == {"type": "skapi.missed", "count": 1}
+    assert layer.receive_nowait("c!1") == {"type": "m", "n": 1}
+    assert layer.receive_nowait("c!1") is None
+    # While a receive waits, the message is its: receive_nowait takes nothing.
+    waiting = asyncio.ensure_future(layer.receive("c!1"))
+    await asyncio.sleep(0)
+    await layer.send("c!1", {"type": "m", "n": 3})
+    assert layer.receive_nowait("c!1") is None
+    assert await asyncio.wait_for(waiting, 1) == {"type": "m", "n": 3}
+    assert layer.receive_nowait("unknown!1") is None

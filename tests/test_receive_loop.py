@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from channels.exceptions import StopConsumer
 
-from skapi_channels.receive_loop import dispatch_as_they_come
+from skapi_channels.receive_loop import BURST, dispatch_as_they_come
 
 
 async def test_messages_of_both_sources_are_handled_in_arrival_order_one_at_a_time():
@@ -101,3 +101,44 @@ async def test_cancelling_it_cancels_the_pending_receives():
     with pytest.raises(asyncio.CancelledError):
         await loop
     assert cancelled == [True]
+
+
+async def test_a_burst_queued_behind_a_message_is_taken_without_waiting_but_bounded():
+    """Messages a source already holds are handled after its message at once, up to
+    BURST; a message of the other source then gets its turn before the rest."""
+    client: asyncio.Queue[Any] = asyncio.Queue()
+    layer: asyncio.Queue[Any] = asyncio.Queue()
+    handled: list[Any] = []
+    receives = [0]
+
+    async def layer_receive() -> Any:
+        receives[0] += 1
+        return await layer.get()
+
+    def layer_take() -> Any:
+        return None if layer.empty() else layer.get_nowait()
+
+    async def dispatch(message: Any) -> None:
+        handled.append(message)
+        if message == "c1":
+            for n in range(BURST + 5):
+                layer.put_nowait(f"l{n}")
+        if message == "stop":
+            raise StopConsumer
+
+    loop = asyncio.ensure_future(
+        dispatch_as_they_come([client.get, layer_receive], dispatch, [None, layer_take])
+    )
+    client.put_nowait("c1")
+    await asyncio.sleep(0.01)
+    assert handled == ["c1", *(f"l{n}" for n in range(BURST + 5))]
+    assert receives[0] == 3  # the first, one after BURST + 1 messages, the pending one
+    layer.put_nowait("l-a")
+    layer.put_nowait("l-b")
+    await asyncio.sleep(0)
+    client.put_nowait("c2")
+    await asyncio.sleep(0.01)
+    client.put_nowait("stop")
+    with pytest.raises(StopConsumer):
+        await asyncio.wait_for(loop, 5)
+    assert handled[-4:] == ["l-a", "l-b", "c2", "stop"]
