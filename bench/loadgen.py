@@ -22,6 +22,7 @@ import os
 import resource
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -475,6 +476,7 @@ class Run:
         handshakes: list[float] = []
         joins: list[float] = []
         failures = [0]
+        reasons: Counter[str] = Counter()  # why each failed client failed
         start = perf()
         last = [start]
 
@@ -485,8 +487,9 @@ class Run:
                 began = perf()
                 try:
                     await client.connect(self.host, port, path)
-                except (OSError, TimeoutError):
+                except (OSError, TimeoutError) as error:
                     failures[0] += 1
+                    reasons[failure_reason("handshake", error)] += 1
                     return
                 handshakes.append(perf() - began)
             self.clients.append(client)
@@ -496,8 +499,9 @@ class Run:
             began = perf()
             try:
                 await client.join(group)
-            except (RuntimeError, TimeoutError):
+            except (RuntimeError, TimeoutError) as error:
                 failures[0] += 1
+                reasons[failure_reason("join", error)] += 1
                 return
             now = perf()
             joins.append(now - began)
@@ -514,6 +518,7 @@ class Run:
             "processes": len(self.ports),
             "joined": len(joins),
             "failures": failures[0],
+            "failure_reasons": dict(reasons),
             "all_joined_s": round(elapsed, 3),
             "handshake_p50_ms": hs["p50_ms"],
             "handshake_p99_ms": hs["p99_ms"],
@@ -672,6 +677,20 @@ class Run:
             "rss_after_mib": round(after / 1024, 1),
             "kib_per_connection": round((after - before) / (count - warm), 2),
         }
+
+
+def failure_reason(step: str, error: BaseException) -> str:
+    """A short label for why a client's handshake or join failed: refused by the
+    server (an HTTP status, an error frame), dropped by it (daphne closes a handshake
+    not completed within its --websocket_connect_timeout, 5 s by default), or not
+    answered within the load generator's own 30 s."""
+    if isinstance(error, TimeoutError):
+        return f"{step}: no answer in 30 s"
+    if isinstance(error, RuntimeError):
+        return f"{step}: error frame {error}"
+    if isinstance(error, ConnectionError) and error.args and isinstance(error.args[0], str):
+        return f"{step}: {error.args[0]}"  # the WSProtocol's own: status, lost
+    return f"{step}: {type(error).__name__}"
 
 
 def cpu_seconds(pid: int) -> float:

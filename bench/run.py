@@ -621,6 +621,15 @@ def largest_batch(result: dict[str, Any]) -> str:
     return str(max(sizes)) if sizes else "–"
 
 
+def failed_why(result: dict[str, Any]) -> str:
+    """How many clients failed and why (loadgen's failure_reasons), or "0"."""
+    reasons = result.get("failure_reasons") or {}
+    if not result.get("failures"):
+        return "0"
+    why = "; ".join(f"{count} {reason}" for reason, count in sorted(reasons.items()))
+    return f"{result['failures']}: {why}" if why else str(result["failures"])
+
+
 def tables(data: dict[str, Any]) -> str:
     res = data["results"]
     lines: list[str] = []
@@ -684,8 +693,9 @@ def tables(data: dict[str, Any]) -> str:
             "### Reconnect storm: N clients connect and join their groups at once",
             "",
             "| target | clients | joined | all joined s | handshake p50 ms | p99 ms |"
-            " join p50 ms | p99 ms | presence check | server CPU ms/client | largest batch |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            " join p50 ms | p99 ms | presence check | server CPU ms/client | largest batch |"
+            " failed (why) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, st in storms:
             check = st.get("presence_check")
@@ -699,6 +709,7 @@ def tables(data: dict[str, Any]) -> str:
                 f" {fmt(st['handshake_p50_ms'], 1)} | {fmt(st['handshake_p99_ms'], 1)} |"
                 f" {fmt(st['join_p50_ms'], 1)} | {fmt(st['join_p99_ms'], 1)} | {check_text} |"
                 f" {fmt(st.get('server_cpu_ms_per_op'), 2)} | {largest_batch(st)} |"
+                f" {failed_why(st)} |"
             )
         lines.append("")
     reaps = [(name, r["reap"]) for name, r in res.items() if r.get("reap")]
