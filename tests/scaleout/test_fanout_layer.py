@@ -261,6 +261,36 @@ async def test_a_dropped_connection_is_told_for_a_group_that_had_no_message_yet(
     assert (await receive(b, channel))["n"] == 3
 
 
+
+async def test_a_dropped_publishing_connection_is_made_again_and_the_send_retried(
+    pair: Any,
+) -> None:
+    a, b = pair()
+    channel = await b.new_channel()
+    await b.group_add("room", channel)
+    b.report_missed_to(channel)
+    await a.group_send("room", {"type": "skapi.frame", "n": 0})
+    assert (await receive(b, channel))["n"] == 0
+    assert a._publisher is not None
+    before = a._publisher.connection
+    redis = Redis.from_url(redis_url())
+    try:
+        killed = 0
+        for client in await redis.client_list():
+            if client["name"] == a.publisher_name:
+                killed += await redis.client_kill_filter(_id=client["id"])
+        assert killed == 1
+    finally:
+        await redis.aclose()
+    for number in (1, 2):
+        await a.group_send("room", {"type": "skapi.frame", "n": number})
+    assert [await receive(b, channel) for _ in range(2)] == [
+        {"type": "skapi.frame", "n": 1},
+        {"type": "skapi.frame", "n": 2},
+    ]
+    assert runtime.counters["dropped"] == 0
+    assert a._publisher.connection not in (None, before)
+
 async def test_a_slow_receiver_is_told_what_its_full_queue_lost(pair: Any) -> None:
     a, b = pair(capacity=2)
     channel = await b.new_channel()
