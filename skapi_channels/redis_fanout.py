@@ -143,7 +143,10 @@ HISTORY_LUA = """
 redis.call('HSETNX', KEYS[1], 'e', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 local state = redis.call('HMGET', KEYS[1], 'e', 'o')
-return {state[1], state[2] or '0', redis.call('LRANGE', KEYS[2], -tonumber(ARGV[3]), -1)}
+if not state[2] then
+    return {state[1], '0', {}}  -- nothing kept under this epoch (a list left is older)
+end
+return {state[1], state[2], redis.call('LRANGE', KEYS[2], -tonumber(ARGV[3]), -1)}
 """
 
 # Marks the Redis data set, so that a process notices a restart that lost it.

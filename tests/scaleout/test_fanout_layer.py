@@ -374,6 +374,26 @@ async def test_expiries_are_set_with_a_key_and_refreshed_about_once_a_minute(pai
         await redis.aclose()
 
 
+
+async def test_a_history_left_from_an_expired_counter_is_not_read_under_the_new_epoch(
+    pair: Any,
+) -> None:
+    a, b = pair()
+    kept = {"type": "skapi.frame", "text": "{}", "keep": True}
+    for _ in range(3):
+        await a.group_send("room", kept)
+    before = await b.history_read("room", last=10)
+    assert [o for o, _ in before.frames] == [1, 2, 3]
+    redis = Redis.from_url(redis_url())
+    try:
+        await redis.delete(a.counter_key(a.channel_key("room")))  # as when it expired
+    finally:
+        await redis.aclose()
+    after = await b.history_read("room", last=10)
+    assert after.epoch != before.epoch and (after.latest, after.frames) == (0, [])
+    await a.group_send("room", kept)
+    assert [o for o, _ in (await b.history_read("room", last=10)).frames] == [1]
+
 async def test_a_redis_restart_is_survived_and_its_gap_told(private_redis: RedisServer) -> None:
     a, b = make(private_redis.url, "restart"), make(private_redis.url, "restart")
     runtime.counters.clear()
