@@ -142,32 +142,45 @@ def _change_counts(
     keys = sorted(key for key, delta in deltas.items() if delta)
     down = [key for key in keys if deltas[key] < 0]
     up = [key for key in keys if deltas[key] > 0]
-    if lock and down and len(keys) > 1:
+    # Rows are locked in key order. One row going down, the rows going up all on one
+    # side of it (a lone switch of group): the two statements run in that order and
+    # lock it themselves. Otherwise a multi-row UPDATE locks in the plan's order, so
+    # every row is locked first, in order, by a statement of its own.
+    ups_first = len(down) == 1 and bool(up) and up[-1] < down[0]
+    in_order = len(down) == 1 and (ups_first or not up or up[0] > down[0])
+    if lock and down and len(keys) > 1 and not in_order:
         _lock_rows(cursor, table, columns, keys)
     names = ", ".join(columns)
     after: dict[tuple[Any, ...], int] = {}
     match_one = " AND ".join(f"{column} = %s" for column in columns)
-    for part in _chunks(down):
-        where, params = _where_keys(columns, part)
-        cases = " ".join([f"WHEN {match_one} THEN %s"] * len(part))
-        cursor.execute(
-            f"UPDATE {table} SET {counter} = {counter} + CASE {cases} END "
-            f"WHERE {where} RETURNING {names}, {counter}",
-            [value for key in part for value in (*key, deltas[key])] + params,
-        )
-        after.update((tuple(row[:-1]), row[-1]) for row in cursor.fetchall())
     extra = extra or {}
     width = len(columns) + 1 + len(extra)
     extra_names = "".join(f", {name}" for name in extra)
-    for part in _chunks(up):
-        rows = ", ".join(["(" + ", ".join(["%s"] * width) + ")"] * len(part))
-        cursor.execute(
-            f"INSERT INTO {table} ({names}, {counter}{extra_names}) VALUES {rows} "
-            f"ON CONFLICT ({names}) DO UPDATE SET {counter} = {table}.{counter} + excluded.{counter} "
-            f"RETURNING {names}, {counter}",
-            [value for key in part for value in (*key, deltas[key], *extra.values())],
-        )
-        after.update((tuple(row[:-1]), row[-1]) for row in cursor.fetchall())
+
+    def decrease() -> None:
+        for part in _chunks(down):
+            where, params = _where_keys(columns, part)
+            cases = " ".join([f"WHEN {match_one} THEN %s"] * len(part))
+            cursor.execute(
+                f"UPDATE {table} SET {counter} = {counter} + CASE {cases} END "
+                f"WHERE {where} RETURNING {names}, {counter}",
+                [value for key in part for value in (*key, deltas[key])] + params,
+            )
+            after.update((tuple(row[:-1]), row[-1]) for row in cursor.fetchall())
+
+    def increase() -> None:
+        for part in _chunks(up):
+            rows = ", ".join(["(" + ", ".join(["%s"] * width) + ")"] * len(part))
+            cursor.execute(
+                f"INSERT INTO {table} ({names}, {counter}{extra_names}) VALUES {rows} "
+                f"ON CONFLICT ({names}) DO UPDATE SET {counter} = {table}.{counter} + excluded.{counter} "
+                f"RETURNING {names}, {counter}",
+                [value for key in part for value in (*key, deltas[key], *extra.values())],
+            )
+            after.update((tuple(row[:-1]), row[-1]) for row in cursor.fetchall())
+
+    for step in (increase, decrease) if ups_first else (decrease, increase):
+        step()
     emptied = sorted(key for key, count in after.items() if count == 0)
     for part in _chunks(emptied):
         where, params = _where_keys(columns, part)

@@ -235,6 +235,26 @@ def churn_in_batches(worker: int, rounds: int, errors: list[BaseException]) -> N
         connections.close_all()
 
 
+def test_a_lone_switch_takes_its_rows_in_key_order_without_a_lock_statement(
+    server, db_queries, presence_is_true
+):
+    """Rows are locked in key order: a lone switch's two statements per table run in
+    that order (the row going up first when its key sorts first), with no SELECT ...
+    FOR UPDATE before them."""
+    apply_writes([opened("c1", "1"), opened("c2", "2")])
+    apply_writes([MoveConnection("c1", "1", None, "b"), MoveConnection("c2", "2", None, "b")])
+    db_queries.clear()
+    assert apply_writes([MoveConnection("c1", "1", "b", "a")]) == [CREATED]
+    for table in ("groupmembership", "realtimegroup"):
+        changes = [sql.split()[0] for sql in db_queries if table in sql and "DELETE" not in sql]
+        assert changes == ["INSERT", "UPDATE"], (table, db_queries)  # a before b
+    db_queries.clear()
+    assert apply_writes([MoveConnection("c1", "1", "a", "b")]) == [MOVED]
+    changes = [sql.split()[0] for sql in db_queries if "groupmembership" in sql]
+    assert changes[:2] == ["UPDATE", "INSERT"], db_queries  # a before b
+    assert not any("FOR UPDATE" in sql for sql in db_queries)
+
+
 def test_concurrent_batches_keep_counts_exact(server, presence_is_true):
     errors: list[BaseException] = []
     threads = [threading.Thread(target=churn_in_batches, args=(n, 25, errors)) for n in range(5)]
