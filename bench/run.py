@@ -135,6 +135,8 @@ def params(quick: bool, n: list[int] | None, args: Any = None) -> dict[str, Any]
     p = _params(quick, n)
     p["senders"] = getattr(args, "senders", None) or 1
     p["private_window"] = getattr(args, "private_window", None) or 5
+    if getattr(args, "storm_in_flight", None):
+        p["storm"]["in_flight"] = args.storm_in_flight
     if getattr(args, "pairs", None):
         p["private"]["pairs"] = args.pairs
     return p
@@ -693,7 +695,8 @@ def tables(data: dict[str, Any]) -> str:
     storms = [(name, r["storm"]) for name, r in res.items() if r.get("storm")]
     if storms:
         lines += [
-            "### Reconnect storm: N clients connect and join their groups at once",
+            "### Reconnect storm: N clients connect and join their groups at once"
+            f" (at most {data['params']['storm'].get('in_flight', 200):,} handshakes in flight)",
             "",
             "| target | clients | joined | all joined s | handshake p50 ms | p99 ms |"
             " join p50 ms | p99 ms | presence check | server CPU ms/client | largest batch |"
@@ -1012,6 +1015,11 @@ def main() -> int:
     parser.add_argument("--senders", type=int, help="fan-out senders, each 10 in flight (1)")
     parser.add_argument("--pairs", type=int, help="private-message pairs (50; quick 10)")
     parser.add_argument("--private-window", type=int, help="private messages in flight a pair (5)")
+    parser.add_argument(
+        "--storm-in-flight",
+        type=int,
+        help="storm handshakes the load generator keeps in flight (200; the storm's size: all at once)",
+    )
     parser.add_argument(
         "--budget",
         type=float,
