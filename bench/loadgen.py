@@ -681,9 +681,10 @@ class Run:
 
 def failure_reason(step: str, error: BaseException) -> str:
     """A short label for why a client's handshake or join failed: refused by the
-    server (an HTTP status, an error frame), dropped by it (daphne closes a handshake
-    not completed within its --websocket_connect_timeout, 5 s by default), or not
-    answered within the load generator's own 30 s."""
+    server (an HTTP status, an error frame), dropped by it, or not answered within
+    the load generator's own 30 s. A handshake not completed within daphne's
+    --websocket_connect_timeout (5 s by default) ends either way: daphne answers it
+    403, or autobahn's opening-handshake timeout (the same 5 s) drops it."""
     if isinstance(error, TimeoutError):
         return f"{step}: no answer in 30 s"
     if isinstance(error, RuntimeError):
