@@ -16,11 +16,12 @@ from django.contrib.auth import get_user, get_user_model
 from django.core.exceptions import ValidationError
 from django.http import parse_cookie
 from django.http.request import validate_host
+from django.utils.crypto import constant_time_compare
 
 from skapi_channels.conf import conf
 from skapi_channels.presence_batch import GroupCommit, one_by_one
 from skapi_channels.revocation import logout_times
-from skapi_channels.tokens import auth_hash, hash_holds, read_payload
+from skapi_channels.tokens import auth_hash, read_payload
 
 
 def header(scope: dict[str, Any], name: bytes) -> str | None:
@@ -110,7 +111,8 @@ def token_logins(payloads: Sequence[dict[str, Any]]) -> list[Login | BaseExcepti
     logged_out = logout_times({user.pk for user in users if user is not None})
     logins: list[Login | BaseException | None] = []
     for payload, user in zip(payloads, users, strict=True):
-        if user is None or not hash_holds(payload, user):
+        current = "" if user is None else auth_hash(user)
+        if user is None or not constant_time_compare(current, payload["h"]):
             logins.append(None)
             continue
         out_at = logged_out.get(str(user.pk))
@@ -118,7 +120,7 @@ def token_logins(payloads: Sequence[dict[str, Any]]) -> list[Login | BaseExcepti
             logins.append(None)
             continue
         try:
-            logins.append(Login(user, user_id_of(user), auth_hash(user), None))
+            logins.append(Login(user, user_id_of(user), current, None))
         except Exception as error:
             logins.append(error)
     return logins
