@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import itertools
 import logging
@@ -163,6 +164,12 @@ REFRESH_EVERY = 60
 REFRESHED_KEYS = 10_000
 
 
+@functools.cache
+def script_sha(source: str) -> str:
+    """The SHA1 that EVALSHA names the Lua script ``source`` by."""
+    return hashlib.sha1(source.encode()).hexdigest()
+
+
 def pack(command: tuple[Any, ...]) -> bytes:
     """``command`` (bytes, str and int arguments) in the Redis protocol: the few
     lines of redis-py's general ``pack_command`` this path needs."""
@@ -175,7 +182,8 @@ def pack(command: tuple[Any, ...]) -> bytes:
 
 
 class _Publisher:
-    """This process's connection for the publishing script, in one event loop.
+    """This process's connection for the scripts (publishing, reading history), in
+    one event loop.
 
     Commands are written as they come, those of one turn of the loop in one write,
     and one reader answers them in order: none of a pool's per-command checkout,
@@ -193,13 +201,18 @@ class _Publisher:
         self.unsent: list[bytes] = []  # packed commands to write
         self.writing: Any = None  # the connection a writer task is writing to
         self.waiting: deque[asyncio.Future[Any]] = deque()  # in the order written
-        self.sha = hashlib.sha1(PUBLISH_LUA.encode()).hexdigest()
 
     async def publish(self, keys: list[bytes], args: list[Any]) -> Any:
+        return await self.script(PUBLISH_LUA, keys, args)
+
+    async def script(self, source: str, keys: list[bytes], args: list[Any]) -> Any:
+        """Runs the Lua script ``source``. A burst of history reads at connect (a
+        reconnect storm) shares this connection too, rather than opening one each."""
+        sha = script_sha(source)
         try:
-            return await self.call("EVALSHA", self.sha, len(keys), *keys, *args)
+            return await self.call("EVALSHA", sha, len(keys), *keys, *args)
         except NoScriptError:  # Redis restarted, or its script cache was flushed
-            return await self.call("EVAL", PUBLISH_LUA, len(keys), *keys, *args)
+            return await self.call("EVAL", source, len(keys), *keys, *args)
 
     async def call(self, *command: Any) -> Any:
         connection = self.connection or await self._connect()
@@ -619,7 +632,6 @@ class RedisFanoutLayer(LocalChannelLayer):
         self.pool: Any = None
         self.redis: Any = None
         self._publisher: _Publisher | None = None
-        self._history_script: Any = None
         # New epochs: this process's random id and a count, unique without the cost
         # of a random token per message.
         self._epochs = itertools.count()
@@ -644,7 +656,6 @@ class RedisFanoutLayer(LocalChannelLayer):
             self.pool = create_pool(self.host)
             self.redis = aioredis.Redis(connection_pool=self.pool)
             self._publisher = _Publisher(self, loop)
-            self._history_script = self.redis.register_script(HISTORY_LUA)
         return loop
 
     def _ensure(self) -> _Subscriber:
@@ -831,8 +842,10 @@ class RedisFanoutLayer(LocalChannelLayer):
         self, group: str, *, since: int | None = None, last: int | None = None
     ) -> Slice:
         self._client()
+        assert self._publisher is not None
         keys, args = self._history_call(group)
-        return self._history_slice(await self._history_script(keys=keys, args=args), since, last)
+        reply = await self._publisher.script(HISTORY_LUA, keys, args)
+        return self._history_slice(reply, since, last)
 
     def history_read_sync(
         self, group: str, *, since: int | None = None, last: int | None = None
