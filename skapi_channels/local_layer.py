@@ -118,12 +118,9 @@ class LocalChannelLayer(BaseChannelLayer):
         self.require_valid_channel_name(channel)
         state = self._channel(channel)
         while True:
-            state.last_read = time.monotonic()
-            if state.missed:
-                count, state.missed = state.missed, 0
-                return {"type": EVENT_MISSED, "count": count}
-            if state.messages:
-                return state.messages.popleft()
+            message = self._take(state)
+            if message is not None:
+                return message
             waiter = asyncio.get_running_loop().create_future()
             state.waiter = waiter
             try:
@@ -142,12 +139,19 @@ class LocalChannelLayer(BaseChannelLayer):
         state = self.channels.get(channel)
         if state is None or state.waiter is not None:
             return None
+        return self._take(state)
+
+    @staticmethod
+    def _take(state: _Channel) -> dict[str, Any] | None:
+        """The next message for a reader of ``state`` (the count of what it lost
+        first), or None; marks the channel as read now."""
         state.last_read = time.monotonic()
         if state.missed:
             count, state.missed = state.missed, 0
             return {"type": EVENT_MISSED, "count": count}
         if state.messages:
-            return state.messages.popleft()
+            message: dict[str, Any] = state.messages.popleft()
+            return message
         return None
 
     async def new_channel(self, prefix: str = "specific.") -> str:
