@@ -8,7 +8,7 @@ works without them. Keeping the history of the streams is ``history.HistoryLayer
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 
 @runtime_checkable
@@ -30,3 +30,16 @@ class LosesGroups(Protocol):
     skapi_on_reconnect: Callable[[], None] | None
 
     async def state_lost(self) -> bool: ...
+
+
+@runtime_checkable
+class SendsSync(Protocol):
+    """Sends without an event loop, for sync callers (``skapi_channels.api`` in a
+    WSGI view, a management command, a Celery task), on connections that outlive a
+    call: ``group_send_sync`` and ``send_sync`` deliver as ``group_send`` and
+    ``send`` do, and the messages of one thread keep their order. A layer without it
+    is called through ``async_to_sync``, a new event loop per call."""
+
+    def group_send_sync(self, group: str, message: dict[str, Any]) -> None: ...
+
+    def send_sync(self, channel: str, message: dict[str, Any]) -> None: ...

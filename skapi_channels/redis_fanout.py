@@ -39,7 +39,10 @@ What docs/protocol.md section 10 asks, on this path:
 
 Publishing goes through one connection per process and event loop
 (``skapi-pub-<process>`` in CLIENT LIST), pipelined: the scripts of one turn of the
-loop are written at once and answered in order.
+loop are written at once and answered in order. Sync callers (``skapi_channels.api``
+in a WSGI view, a management command, a Celery task) publish without an event loop
+through a pool of blocking connections the layer keeps (``skapi-sync-<process>``),
+shared with their history reads: the same script, retries and gap markers.
 
 A channel name carries its process (``specific.<process>!<token>``): ``send`` to a
 channel of this process is queued directly, to another process it is published on
@@ -76,6 +79,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import redis
+from asgiref.sync import async_to_sync
 from channels_redis.serializers import registry
 from channels_redis.utils import create_pool, decode_hosts
 from django.core.exceptions import ImproperlyConfigured
@@ -585,9 +589,12 @@ class RedisFanoutLayer(LocalChannelLayer):
 
     extensions = ["groups", "flush"]
     keeps_history = True
-    # History reads of sync callers: a pool of blocking connections, made at first use.
+    # Sync callers (history reads, sends): a pool of blocking connections and the
+    # scripts run through it, made at first use (``_sync_client``).
     _sync_pool: Any = None
+    _sync_redis: Any = None
     _sync_history_script: Any = None
+    _sync_publish_script: Any = None
 
     def __init__(
         self,
@@ -640,8 +647,15 @@ class RedisFanoutLayer(LocalChannelLayer):
         self.unsent: Counter[bytes] = Counter()
         self._telling: asyncio.Task[None] | None = None
         # When this process last refreshed the expiry of a key (monotonic), oldest
-        # first; at most REFRESHED_KEYS entries.
+        # first; at most REFRESHED_KEYS entries. Shared by the event loop and the
+        # threads of sync senders, under the lock.
         self._refreshed: dict[bytes, float] = {}
+        self._refreshed_lock = threading.Lock()
+        # Sync sends given up while Redis was down, per Redis channel, and the thread
+        # that publishes their gap markers once Redis answers (None when idle).
+        self._unsent_sync: Counter[bytes] = Counter()
+        self._unsent_sync_lock = threading.Lock()
+        self._telling_sync: threading.Thread | None = None
 
     # Connections, one set per event loop.
 
@@ -787,6 +801,15 @@ class RedisFanoutLayer(LocalChannelLayer):
     async def _run_script(
         self, name: bytes, payload: bytes, increment: int, keep: bool = False
     ) -> int:
+        keys, args = self._script_call(name, payload, increment, keep)
+        assert self._publisher is not None
+        return int(await self._publisher.publish(keys, args))
+
+    def _script_call(
+        self, name: bytes, payload: bytes, increment: int, keep: bool
+    ) -> tuple[list[bytes], list[Any]]:
+        """The keys and arguments of PUBLISH_LUA publishing ``payload`` (empty: a gap
+        marker standing for ``increment`` messages) on the Redis channel ``name``."""
         size, ttl = retention() if keep else (0, 0.0)
         counter, history = self.counter_key(name), self.history_key(name)
         keys = [counter, name, history]
@@ -803,22 +826,25 @@ class RedisFanoutLayer(LocalChannelLayer):
             self._due(history) if size else 0,
             max(16, size // 4),
         ]
-        assert self._publisher is not None
-        return int(await self._publisher.publish(keys, args))
+        return keys, args
 
     def _due(self, key: bytes) -> int:
         """1 if this process has not refreshed ``key``'s expiry for REFRESH_EVERY
         seconds (and counts it as refreshed now), else 0."""
-        now = time.monotonic()
-        refreshed = self._refreshed
-        at = refreshed.get(key)
-        if at is not None and now - at < REFRESH_EVERY:
-            return 0
-        refreshed.pop(key, None)
-        refreshed[key] = now  # the newest last
-        while len(refreshed) > REFRESHED_KEYS or now - next(iter(refreshed.values())) > REFRESH_EVERY:
-            del refreshed[next(iter(refreshed))]
-        return 1
+        with self._refreshed_lock:
+            now = time.monotonic()
+            refreshed = self._refreshed
+            at = refreshed.get(key)
+            if at is not None and now - at < REFRESH_EVERY:
+                return 0
+            refreshed.pop(key, None)
+            refreshed[key] = now  # the newest last
+            while (
+                len(refreshed) > REFRESHED_KEYS
+                or now - next(iter(refreshed.values())) > REFRESH_EVERY
+            ):
+                del refreshed[next(iter(refreshed))]
+            return 1
 
     async def _tell_unsent(self) -> None:
         """Once Redis answers again, advance the counters of the groups whose sends
@@ -835,6 +861,105 @@ class RedisFanoutLayer(LocalChannelLayer):
             self.unsent[name] -= count
             if self.unsent[name] <= 0:
                 del self.unsent[name]
+
+    # Sending from sync code (layer_abilities.SendsSync).
+
+    def group_send_sync(self, group: str, message: dict[str, Any]) -> None:
+        """``group_send`` for sync code (``api.broadcast`` in a WSGI view, a management
+        command, a Celery task), without an event loop: the same script through the
+        blocking connections of ``history_read_sync``, so calls open no connections
+        of their own. A sender's messages keep their order (each call returns once
+        Redis answered); while Redis is down a call waits up to ``retry_for``, then
+        gives up as ``group_send`` does (counted, and told later as a gap)."""
+        assert isinstance(message, dict), "Message is not a dict"
+        self.require_valid_group_name(group)
+        self._publish_sync(self.channel_key(group), message)
+
+    def send_sync(self, channel: str, message: dict[str, Any]) -> None:
+        """``send`` for sync code, as ``group_send_sync``. A channel of this process
+        is queued through ``async_to_sync`` (its queues belong to its event loop)."""
+        assert isinstance(message, dict), "message is not a dict"
+        self.require_valid_channel_name(channel)
+        if self._is_local(channel) or "!" not in channel:
+            async_to_sync(self.send)(channel, message)
+            return
+        process = channel.partition("!")[0].rpartition(".")[2]
+        self._publish_sync(f"{self.prefix}:p:{process}".encode(), {**message, TO: channel})
+
+    def _sync_client(self) -> Any:
+        """The blocking client of sync callers (named ``skapi-sync-<process>``), made
+        at first use and shared by threads."""
+        if self._sync_redis is None:
+            with _SYNC_LOCK:
+                if self._sync_redis is None:
+                    self._sync_pool = sync_pool(self.host, f"skapi-sync-{self.process}")
+                    client = redis.Redis(connection_pool=self._sync_pool)
+                    self._sync_history_script = client.register_script(HISTORY_LUA)
+                    self._sync_publish_script = client.register_script(PUBLISH_LUA)
+                    self._sync_redis = client
+        return self._sync_redis
+
+    def _publish_sync(self, name: bytes, message: dict[str, Any]) -> None:
+        """``_publish`` without an event loop."""
+        keep = bool(message.get(KEEP))
+        payload = self.serializer.serialize(message)
+        self._sync_client()
+        deadline = time.monotonic() + self.retry_for
+        delay = 0.05
+        while True:
+            try:
+                self._run_script_sync(name, payload, 1, keep)
+                return
+            except REDIS_DOWN as error:
+                if time.monotonic() + delay > deadline:
+                    logger.warning("Redis unreachable: a message was not sent (%s)", error)
+                    self._count_drops(1, "redis_down")
+                    self._tell_unsent_sync_later(name)
+                    return
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    def _run_script_sync(
+        self, name: bytes, payload: bytes, increment: int, keep: bool = False
+    ) -> int:
+        keys, args = self._script_call(name, payload, increment, keep)
+        # A Script runs EVALSHA, and loads the script when Redis lost it.
+        return int(self._sync_publish_script(keys=keys, args=args))
+
+    def _tell_unsent_sync_later(self, name: bytes) -> None:
+        with self._unsent_sync_lock:
+            self._unsent_sync[name] += 1
+            if self._telling_sync is None:
+                self._telling_sync = threading.Thread(
+                    target=self._tell_unsent_sync, name="skapi-gap-markers", daemon=True
+                )
+                self._telling_sync.start()
+
+    def _tell_unsent_sync(self) -> None:
+        """``_tell_unsent`` for the sends of sync callers, in a thread of its own that
+        ends once every gap marker is published."""
+        delay = 0.2
+        while True:
+            with self._unsent_sync_lock:
+                if not self._unsent_sync:
+                    self._telling_sync = None
+                    return
+                name, count = next(iter(self._unsent_sync.items()))
+            try:
+                self._run_script_sync(name, b"", count)
+            except REDIS_DOWN:
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            except Exception:
+                logger.exception("Gap markers of sync sends not published")
+                with self._unsent_sync_lock:
+                    self._telling_sync = None
+                return
+            with self._unsent_sync_lock:
+                self._unsent_sync[name] -= count
+                if self._unsent_sync[name] <= 0:
+                    del self._unsent_sync[name]
 
     # History (history.HistoryLayer).
 
@@ -854,14 +979,8 @@ class RedisFanoutLayer(LocalChannelLayer):
         command), without an event loop: through one pool of blocking connections kept
         by the layer and shared by threads (named ``skapi-sync-<process>`` in CLIENT
         LIST), not a pool per event loop, which ``async_to_sync`` makes anew each call."""
+        self._sync_client()
         script = self._sync_history_script
-        if script is None:
-            with _SYNC_LOCK:
-                if self._sync_history_script is None:
-                    self._sync_pool = sync_pool(self.host, f"skapi-sync-{self.process}")
-                    client = redis.Redis(connection_pool=self._sync_pool)
-                    self._sync_history_script = client.register_script(HISTORY_LUA)
-                script = self._sync_history_script
         keys, args = self._history_call(group)
         return self._history_slice(script(keys=keys, args=args), since, last)
 
@@ -889,7 +1008,8 @@ class RedisFanoutLayer(LocalChannelLayer):
 
     async def flush(self) -> None:
         await super().flush()
-        self._refreshed.clear()
+        with self._refreshed_lock:
+            self._refreshed.clear()
         self._client()
         async for key in self.redis.scan_iter(match=f"{self.prefix}:*", count=1000):
             await self.redis.delete(key)
