@@ -4,7 +4,10 @@ Every call goes through the channel layer, so it reaches the connections of ever
 server process (with channels-redis; the in-memory layer reaches only the
 connections of the calling process). Each function has an async twin with an
 ``a`` prefix; call that one from async code (the sync forms refuse to run in an
-event loop).
+event loop). From sync code (a WSGI view, a management command, a Celery task)
+the Redis layer sends and reads through blocking connections it keeps for such
+callers (``layer_abilities.SendsSync``, ``history.ReadsHistorySync``); other layers
+are called through ``async_to_sync``.
 
 Frames from the server look like the frames of docs/protocol.md section 4, with no
 connection behind them:
@@ -43,6 +46,7 @@ from skapi_channels import metrics, queries
 from skapi_channels.addressing import group_address, user_address
 from skapi_channels.conf import conf
 from skapi_channels.history import ReadsHistorySync, Slice, enabled
+from skapi_channels.layer_abilities import SendsSync
 from skapi_channels.models import Connection
 from skapi_channels.protocol import (
     CLOSE_BY_SERVER,
@@ -107,10 +111,7 @@ def _layer() -> Any:
 
 async def asend_to_user(user_id: str, content: Any, *, sender: str | None = None) -> None:
     """Send ``content`` as a private message to every open connection of ``user_id``."""
-    _check_user_id(user_id)
-    if sender is not None:
-        _check_user_id(sender, "sender")
-    text = server_private_frame(content, sender)
+    text = _private(user_id, content, sender)
     layer = _layer()
     await layer.group_send(
         user_address(user_id), frame_event(text, uid=user_id, keep=enabled(layer))
@@ -120,10 +121,7 @@ async def asend_to_user(user_id: str, content: Any, *, sender: str | None = None
 
 async def abroadcast(group: str, content: Any, *, sender: str | None = None) -> None:
     """Send ``content`` to every connection in ``group``, as the server or as ``sender``."""
-    _check_group(group)
-    if sender is not None:
-        _check_user_id(sender, "sender")
-    text = server_message_frame(content, group, sender)
+    text = _message(group, content, sender)
     layer = _layer()
     await layer.group_send(group_address(group), frame_event(text, rid=group, keep=enabled(layer)))
     metrics.count("server_messages")
@@ -131,14 +129,46 @@ async def abroadcast(group: str, content: Any, *, sender: str | None = None) -> 
 
 async def asend_notice(group: str, sentence: str, *, code: str = SERVER_NOTICE) -> None:
     """Send a notice (``#notice`` ``sentence``, ``#code`` ``code``) to ``group``."""
+    text = _notice(group, sentence, code)
+    await _layer().group_send(group_address(group), frame_event(text, rid=group))
+    metrics.count("server_messages")
+
+
+def _private(user_id: str, content: Any, sender: str | None) -> str:
+    """The ``#private`` frame of ``asend_to_user``, its arguments checked."""
+    _check_user_id(user_id)
+    if sender is not None:
+        _check_user_id(sender, "sender")
+    return server_private_frame(content, sender)
+
+
+def _message(group: str, content: Any, sender: str | None) -> str:
+    """The ``#message`` frame of ``abroadcast``, its arguments checked."""
+    _check_group(group)
+    if sender is not None:
+        _check_user_id(sender, "sender")
+    return server_message_frame(content, group, sender)
+
+
+def _notice(group: str, sentence: str, code: str) -> str:
+    """The ``#notice`` frame of ``asend_notice``, its arguments checked."""
     _check_group(group)
     if not isinstance(sentence, str) or not sentence:
         raise ValueError("sentence must be a non-empty string.")
-    text = server_notice_frame(sentence, group, code)
-    await _layer().group_send(
-        group_address(group), frame_event(text, rid=group)
-    )
-    metrics.count("server_messages")
+    return server_notice_frame(sentence, group, code)
+
+
+def _sync_sender() -> SendsSync | None:
+    """The channel layer when it sends without an event loop (the Redis layer) and
+    no event loop runs in this thread; else None, and the sync form goes through
+    ``async_to_sync`` (a new event loop, and the layer's connections for it, per
+    call; in an event loop's thread it refuses)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        layer = _layer()
+        return layer if isinstance(layer, SendsSync) else None
+    return None
 
 
 # History (docs/protocol.md section 11).
@@ -327,29 +357,58 @@ def private_history(
 
 
 def send_to_user(user_id: str, content: Any, *, sender: str | None = None) -> None:
-    """Sync form of ``asend_to_user``."""
-    async_to_sync(asend_to_user)(user_id, content, sender=sender)
+    """Sync form of ``asend_to_user`` (on the Redis layer, through connections the
+    layer keeps for sync callers; a thread's sends keep their order)."""
+    text = _private(user_id, content, sender)
+    layer = _sync_sender()
+    if layer is None:
+        async_to_sync(asend_to_user)(user_id, content, sender=sender)
+        return
+    event = frame_event(text, uid=user_id, keep=enabled(layer))
+    layer.group_send_sync(user_address(user_id), event)
+    metrics.count("server_messages")
 
 
 def broadcast(group: str, content: Any, *, sender: str | None = None) -> None:
-    """Sync form of ``abroadcast``."""
-    async_to_sync(abroadcast)(group, content, sender=sender)
+    """Sync form of ``abroadcast``, as ``send_to_user``."""
+    text = _message(group, content, sender)
+    layer = _sync_sender()
+    if layer is None:
+        async_to_sync(abroadcast)(group, content, sender=sender)
+        return
+    layer.group_send_sync(group_address(group), frame_event(text, rid=group, keep=enabled(layer)))
+    metrics.count("server_messages")
 
 
 def send_notice(group: str, sentence: str, *, code: str = SERVER_NOTICE) -> None:
-    """Sync form of ``asend_notice``."""
-    async_to_sync(asend_notice)(group, sentence, code=code)
+    """Sync form of ``asend_notice``, as ``send_to_user``."""
+    text = _notice(group, sentence, code)
+    layer = _sync_sender()
+    if layer is None:
+        async_to_sync(asend_notice)(group, sentence, code=code)
+        return
+    layer.group_send_sync(group_address(group), frame_event(text, rid=group))
+    metrics.count("server_messages")
 
 
 def disconnect_user(user_id: str, *, code: int = CLOSE_BY_SERVER) -> None:
-    """Sync form of ``adisconnect_user``."""
-    async_to_sync(adisconnect_user)(user_id, code=code)
+    """Sync form of ``adisconnect_user``, as ``send_to_user``."""
+    _check_user_id(user_id)
+    layer = _sync_sender()
+    if layer is None:
+        async_to_sync(adisconnect_user)(user_id, code=code)
+        return
+    layer.group_send_sync(user_address(user_id), close_event(code))
 
 
 def disconnect_connection(cid: str, *, code: int = CLOSE_BY_SERVER) -> bool:
-    """Sync form of ``adisconnect_connection``."""
+    """Sync form of ``adisconnect_connection``, as ``send_to_user``."""
     channel_name = _channel_of(cid)
     if channel_name is None:
         return False
-    async_to_sync(close_channel)(channel_name, code)
+    layer = _sync_sender()
+    if layer is None:
+        async_to_sync(close_channel)(channel_name, code)
+    else:
+        layer.send_sync(channel_name, close_event(code))
     return True

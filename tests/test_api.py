@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from unittest.mock import ANY
 
 import pytest
+from channels.layers import get_channel_layer
+from django.test import override_settings
 
 from skapi_channels import api
+from skapi_channels.addressing import group_address, user_address
+from skapi_channels.local_layer import LocalChannelLayer
+from skapi_channels.protocol import CLOSE_BY_SERVER, close_event, loads
 from skapi_channels.queries import InvalidParameter
 from skapi_channels.runtime import runtime
 from tests.conftest import in_db
@@ -176,3 +182,48 @@ def test_list_parameters_are_checked_by_the_endpoints_code(db):
     with pytest.raises(InvalidParameter, match="group is required"):
         api.list_users("")
     assert api.list_groups().as_json() == {"list": [], "startKey": "end", "endOfList": True}
+
+
+class SyncSendingLayer(LocalChannelLayer):
+    """A layer that sends without an event loop (layer_abilities.SendsSync), and
+    records what sync callers gave it."""
+
+    def __init__(self, **config: Any) -> None:
+        super().__init__(**config)
+        self.sent: list[tuple[str, str, dict[str, Any]]] = []
+
+    def group_send_sync(self, group: str, message: dict[str, Any]) -> None:
+        self.sent.append(("group", group, message))
+
+    def send_sync(self, channel: str, message: dict[str, Any]) -> None:
+        self.sent.append(("channel", channel, message))
+
+
+def test_sync_forms_use_the_layers_sync_sends_and_count_as_the_async_forms():
+    layers = {"default": {"BACKEND": "tests.test_api.SyncSendingLayer", "CONFIG": {}}}
+    runtime.counters.clear()
+    with override_settings(CHANNEL_LAYERS=layers):
+        layer = get_channel_layer()
+        api.broadcast("room", "hi", sender="7")
+        api.send_to_user("7", "psst")
+        api.send_notice("room", "Closing soon.")
+        api.disconnect_user("7")
+        with pytest.raises(ValueError, match="1 to 128"):
+            api.broadcast("", "x")
+        assert [(kind, group, loads(m["text"]) if "text" in m else m) for kind, group, m in layer.sent] == [
+            ("group", group_address("room"), {"#message": "hi", "#user_id": "7", "#scid": None, "#srid": "room"}),
+            ("group", user_address("7"), {"#private": "psst", "#user_id": None, "#scid": None, "#srid": None}),
+            ("group", group_address("room"), {
+                "#notice": "Closing soon.", "#code": "SERVER_NOTICE", "#user_id": None, "#scid": None, "#srid": "room"
+            }),
+            ("group", user_address("7"), close_event(CLOSE_BY_SERVER)),
+        ]  # fmt: skip
+        assert runtime.counters["server_messages"] == 3
+
+        async def inside() -> None:
+            api.broadcast("room", "x")
+
+        with pytest.raises(RuntimeError, match="just await the async function"):
+            asyncio.run(inside())
+        assert len(layer.sent) == 4
+    runtime.counters.clear()
