@@ -61,20 +61,21 @@ docs/protocol.md §11), "n" everything else it published (messages not kept, gap
 markers); each receiving process checks each counter for gaps.
 One Redis server (or a Sentinel-managed master, through channels-redis's
 host options); see docs/deployment.md.
+
+The connections are in their own modules: ``redis_publisher`` (the scripts),
+``redis_subscriber`` (subscriptions and gap checks); the scripts in ``redis_scripts``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import hashlib
 import itertools
 import logging
 import secrets
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -84,81 +85,17 @@ from channels_redis.serializers import registry
 from channels_redis.utils import create_pool, decode_hosts
 from django.core.exceptions import ImproperlyConfigured
 from redis import asyncio as aioredis
-from redis.exceptions import NoScriptError
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from skapi_channels.history import Slice, retention, slice_of
 from skapi_channels.layers import REDIS_DOWN
 from skapi_channels.local_layer import LocalChannelLayer
 from skapi_channels.protocol import EPOCH, KEEP, OFFSET
+from skapi_channels.redis_publisher import Publisher
+from skapi_channels.redis_scripts import EPOCH_LUA, HISTORY_LUA, PUBLISH_LUA
+from skapi_channels.redis_subscriber import Subscriber
 
 logger = logging.getLogger("skapi_channels")
-
-# KEYS: the group's counters (a hash: "o" the offset of its kept messages,
-# docs/protocol.md §11, "n" the number of everything else it published, un-kept
-# messages and gap markers, and "e" the epoch), its Redis channel, and its history
-# (a list of "<offset>:<time>:<payload>", trimmed in batches: readers take its last
-# ``size`` entries).
-# ARGV: payload (empty: a gap marker, no message), counter expiry (s), increment (1,
-# or the number of messages a gap marker stands for), a new epoch (used when the
-# hash starts), history size (0: not kept), history expiry (s), the time (s), "1" to
-# refresh the counter's expiry, "1" to refresh the history's, the trim slack.
-# A kept message increments only "o" and is published as "o<offset>/<epoch>:<payload>",
-# anything else only "n", published as "n<seq>:<payload>". Expiries are set when a
-# key is created and otherwise only when the caller asks (it refreshes each key
-# about once a minute). Returns the counter's new value.
-PUBLISH_LUA = """
-local size = tonumber(ARGV[5])
-local field = 'n'
-if size > 0 and ARGV[1] ~= '' then
-    field = 'o'
-end
-local increment = tonumber(ARGV[3])
-local seq = redis.call('HINCRBY', KEYS[1], field, increment)
-if seq == increment then
-    redis.call('HSETNX', KEYS[1], 'e', ARGV[4])
-    redis.call('EXPIRE', KEYS[1], ARGV[2])
-elseif ARGV[8] == '1' then
-    redis.call('EXPIRE', KEYS[1], ARGV[2])
-end
-if field == 'n' then
-    redis.call('PUBLISH', KEYS[2], 'n' .. seq .. ':' .. ARGV[1])
-    return seq
-end
-if seq == 1 then
-    redis.call('DEL', KEYS[3])  -- kept under an epoch that is gone
-end
-local length = redis.call('RPUSH', KEYS[3], seq .. ':' .. ARGV[7] .. ':' .. ARGV[1])
-if length > size + tonumber(ARGV[10]) then
-    redis.call('LTRIM', KEYS[3], -size, -1)
-end
-if length == 1 or ARGV[9] == '1' then
-    redis.call('EXPIRE', KEYS[3], ARGV[6])
-end
-local epoch = redis.call('HGET', KEYS[1], 'e')
-redis.call('PUBLISH', KEYS[2], 'o' .. seq .. '/' .. epoch .. ':' .. ARGV[1])
-return seq
-"""
-
-# Where a stream stands, and what it keeps: {epoch, latest offset, history (its last
-# ``size`` entries)}. Reading starts the hash (its epoch) when there is none, so the
-# next message keeps it.
-# KEYS: the counter, the history. ARGV: a new epoch, counter expiry (s), history size.
-HISTORY_LUA = """
-redis.call('HSETNX', KEYS[1], 'e', ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-local state = redis.call('HMGET', KEYS[1], 'e', 'o')
-if not state[2] then
-    return {state[1], '0', {}}  -- nothing kept under this epoch (a list left is older)
-end
-return {state[1], state[2], redis.call('LRANGE', KEYS[2], -tonumber(ARGV[3]), -1)}
-"""
-
-# Marks the Redis data set, so that a process notices a restart that lost it.
-EPOCH_LUA = """
-redis.call('SET', KEYS[1], ARGV[1], 'NX')
-return redis.call('GET', KEYS[1])
-"""
 
 TO = "__skapi_to"  # the target channel of a message sent to another process
 
@@ -167,407 +104,6 @@ TO = "__skapi_to"  # the target channel of a message sent to another process
 REFRESH_EVERY = 60
 REFRESHED_KEYS = 10_000
 
-
-@functools.cache
-def script_sha(source: str) -> str:
-    """The SHA1 that EVALSHA names the Lua script ``source`` by."""
-    return hashlib.sha1(source.encode()).hexdigest()
-
-
-def pack(command: tuple[Any, ...]) -> bytes:
-    """``command`` (bytes, str and int arguments) in the Redis protocol: the few
-    lines of redis-py's general ``pack_command`` this path needs."""
-    parts = [b"*%d\r\n" % len(command)]
-    for arg in command:
-        if not isinstance(arg, bytes):
-            arg = str(arg).encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
-    return b"".join(parts)
-
-
-class _Publisher:
-    """This process's connection for the scripts (publishing, reading history), in
-    one event loop.
-
-    Commands are written as they come, those of one turn of the loop in one write,
-    and one reader answers them in order: none of a pool's per-command checkout,
-    health check and retry machinery on the path of every message. Per-sender order
-    holds as through a pool: a sender awaits each publish. A lost connection fails
-    what awaits an answer (``redis.ConnectionError``: the sender retries) and the
-    next command connects again."""
-
-    def __init__(self, layer: RedisFanoutLayer, loop: asyncio.AbstractEventLoop) -> None:
-        self.layer = layer
-        self.loop = loop
-        self.connection: Any = None
-        self.lock = asyncio.Lock()
-        self.reader: asyncio.Task[None] | None = None
-        self.unsent: list[bytes] = []  # packed commands to write
-        self.writing: Any = None  # the connection a writer task is writing to
-        self.waiting: deque[asyncio.Future[Any]] = deque()  # in the order written
-
-    async def publish(self, keys: list[bytes], args: list[Any]) -> Any:
-        return await self.script(PUBLISH_LUA, keys, args)
-
-    async def script(self, source: str, keys: list[bytes], args: list[Any]) -> Any:
-        """Runs the Lua script ``source``. A burst of history reads at connect (a
-        reconnect storm) shares this connection too, rather than opening one each."""
-        sha = script_sha(source)
-        try:
-            return await self.call("EVALSHA", sha, len(keys), *keys, *args)
-        except NoScriptError:  # Redis restarted, or its script cache was flushed
-            return await self.call("EVAL", source, len(keys), *keys, *args)
-
-    async def call(self, *command: Any) -> Any:
-        connection = self.connection or await self._connect()
-        future = self.loop.create_future()
-        self.unsent.append(pack(command))
-        self.waiting.append(future)
-        if self.writing is not connection:
-            self.writing = connection
-            self.loop.create_task(self._write(connection))
-        return await future
-
-    async def _connect(self) -> Any:
-        async with self.lock:
-            if self.connection is None:
-                connection = self.layer.pool.make_connection()
-                await connection.connect()
-                await connection.send_command("CLIENT", "SETNAME", self.layer.publisher_name)
-                await connection.read_response()
-                self.connection = connection
-                self.reader = self.loop.create_task(self._read(connection))
-            return self.connection
-
-    async def _write(self, connection: Any) -> None:
-        try:
-            while self.unsent and self.connection is connection:
-                chunks, self.unsent = self.unsent, []
-                await connection.send_packed_command(chunks, False)
-        except Exception as error:
-            self._fail(connection, error)
-        finally:
-            if self.writing is connection:
-                self.writing = None
-
-    async def _read(self, connection: Any) -> None:
-        try:
-            while True:
-                try:
-                    reply = await connection.read_response()
-                except aioredis.ResponseError as error:
-                    reply = error
-                if not self.waiting:
-                    continue
-                future = self.waiting.popleft()
-                if future.done():
-                    continue  # its sender was cancelled
-                if isinstance(reply, Exception):
-                    future.set_exception(reply)
-                else:
-                    future.set_result(reply)
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:
-            self._fail(connection, error)
-
-    def _fail(self, connection: Any, error: BaseException) -> None:
-        if self.connection is not connection:
-            return
-        self.connection = None
-        self.unsent = []
-        waiting, self.waiting = self.waiting, deque()
-        for future in waiting:
-            if not future.done():
-                future.set_exception(aioredis.ConnectionError(f"Redis connection lost: {error}"))
-        if self.reader is not None and self.reader is not asyncio.current_task():
-            self.reader.cancel()
-        self.loop.create_task(connection.disconnect(nowait=True))
-
-    async def close(self) -> None:
-        connection, self.connection = self.connection, None
-        if self.reader is not None:
-            self.reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.reader
-        if connection is not None:
-            with contextlib.suppress(Exception):
-                await connection.disconnect(nowait=True)
-
-
-class _Subscriber:
-    """This process's one subscription connection: what it listens to, the
-    confirmations and barriers awaited, and the last counter values per channel."""
-
-    def __init__(self, layer: RedisFanoutLayer, loop: asyncio.AbstractEventLoop) -> None:
-        self.layer = layer
-        self.loop = loop
-        self.connection: Any = None
-        self.wanted: set[bytes] = set()
-        # Per Redis channel, the SUBSCRIBE commands not yet confirmed (in order), each
-        # with the futures waiting for it and whether it starts a fresh subscription.
-        self.confirming: dict[bytes, deque[tuple[list[asyncio.Future[None]], bool]]] = {}
-        # PINGs awaiting their answer: True once answered, False when the
-        # connection was lost first.
-        self.pongs: deque[asyncio.Future[bool]] = deque()
-        # Per channel, the last value of each counter ("n", "o") accounted for
-        # (delivered or told); None until the counter's first message on a fresh
-        # subscription.
-        self.last: dict[bytes, list[int | None]] = {}
-        # Per channel subscribed afresh, its counters read just after Redis
-        # confirmed: where a counter still None starts, should the connection drop
-        # before its first message.
-        self.floor: dict[bytes, list[int]] = {}
-        self.unread: set[bytes] = set()  # fresh subscriptions whose counters are unread
-        self.reading: asyncio.Task[None] | None = None
-        # Done while connected with every gap of the last reconnection told.
-        self.ready: asyncio.Future[None] = loop.create_future()
-        self.epoch: bytes | None = None
-        self.task = loop.create_task(self.run())
-
-    # Commands.
-
-    def _send(self, *args: Any) -> None:
-        connection = self.connection
-        if connection is None:
-            return  # run() subscribes to everything wanted once it connects
-        self.loop.create_task(self._write(connection, args))
-
-    async def _write(self, connection: Any, args: tuple[Any, ...]) -> None:
-        # A failure here is the reader's too: it reconnects.
-        with contextlib.suppress(*REDIS_DOWN):
-            await connection.send_packed_command(connection.pack_command(*args), False)
-
-    def subscribe(self, name: bytes) -> asyncio.Future[None]:
-        self.wanted.add(name)
-        future = self.loop.create_future()
-        self.confirming.setdefault(name, deque()).append(([future], True))
-        self._send("SUBSCRIBE", name)
-        return future
-
-    def confirmed(self, name: bytes) -> asyncio.Future[None]:
-        """Done once every SUBSCRIBE of ``name`` sent so far is confirmed."""
-        pending = self.confirming.get(name)
-        if pending:
-            return pending[-1][0][0]
-        future = self.loop.create_future()
-        future.set_result(None)
-        return future
-
-    def unsubscribe(self, name: bytes) -> None:
-        self.wanted.discard(name)
-        self.last.pop(name, None)
-        self.floor.pop(name, None)
-        self._send("UNSUBSCRIBE", name)
-
-    async def barrier(self) -> None:
-        """Return once everything Redis published before now has been handled, or
-        told as missed: while the connection is down, that waits for the next one
-        and its reconciliation (a member leaving then is told its gap first)."""
-        while True:
-            await asyncio.shield(self.ready)
-            if await self._ping():
-                return
-
-    def _ping(self) -> asyncio.Future[bool]:
-        future = self.loop.create_future()
-        if self.connection is None:
-            future.set_result(False)
-        else:
-            self.pongs.append(future)
-            self._send("PING")
-        return future
-
-    # The connection.
-
-    async def run(self) -> None:
-        delay = 0.05
-        down_since: float | None = None
-        while True:
-            connection = self.layer.pool.make_connection()
-            try:
-                await connection.connect()
-                # Named for operators (CLIENT LIST) and for tests that disconnect it.
-                await connection.send_command("CLIENT", "SETNAME", self.layer.subscriber_name)
-                await connection.read_response()
-                epoch = await self.layer.epoch()
-                if self.epoch is not None and epoch != self.epoch:
-                    # Redis lost its data: the counters restarted from zero, and every
-                    # message of the new numbering is owed to the members here (those
-                    # who joined while Redis was down too).
-                    for name in self.wanted:
-                        self.last[name] = [0, 0]
-                    self.floor.clear()
-                    for name, pending in self.confirming.items():
-                        self.confirming[name] = deque((f, False) for f, _ in pending)
-                self.epoch = epoch
-                self.connection = connection
-                reconnected = down_since is not None
-                self._resubscribe(connection)
-                if reconnected:
-                    logger.info("Redis reachable again; subscriptions restored")
-                    self.loop.create_task(self._reconcile(connection))
-                elif not self.ready.done():
-                    self.ready.set_result(None)
-                down_since = None
-                delay = 0.05
-                while True:
-                    reply = await connection.read_response(disable_decoding=True)
-                    try:
-                        self._handle(reply)
-                    except Exception:
-                        logger.exception("Could not handle a message from Redis: %r", reply)
-            except asyncio.CancelledError:
-                await connection.disconnect(nowait=True)
-                raise
-            except (*REDIS_DOWN, aioredis.RedisError) as error:
-                self.connection = None
-                with contextlib.suppress(Exception):
-                    await connection.disconnect(nowait=True)
-                self._lost_connection()
-                if down_since is None:
-                    down_since = time.monotonic()
-                    logger.warning("Redis subscription connection lost (%s); reconnecting", error)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-
-    def _lost_connection(self) -> None:
-        if self.ready.done():
-            self.ready = self.loop.create_future()
-        for future in self.pongs:
-            if not future.done():
-                future.set_result(False)
-        self.pongs.clear()
-        # Every wanted channel is subscribed again on the next connection; the
-        # futures of the unconfirmed commands wait for that.
-        for name in list(self.confirming):
-            futures = [f for entry in self.confirming.pop(name) for f in entry[0]]
-            if name in self.wanted:
-                self.confirming[name] = deque([(futures or [self.loop.create_future()], False)])
-            else:
-                for future in futures:
-                    if not future.done():
-                        future.set_result(None)
-
-    def _resubscribe(self, connection: Any) -> None:
-        names = sorted(self.wanted)
-        for name in names:
-            if name not in self.confirming:
-                self.confirming[name] = deque([([self.loop.create_future()], False)])
-        for start in range(0, len(names), 1000):
-            self._send("SUBSCRIBE", *names[start : start + 1000])
-
-    async def _reconcile(self, connection: Any) -> None:
-        """After a reconnection: tell the gaps of groups whose messages were
-        published while this process was not subscribed, without waiting for their
-        next message; then the subscriber is ready again."""
-        while self.connection is connection:
-            try:
-                await self._tell_gaps()
-            except REDIS_DOWN:
-                await asyncio.sleep(0.2)
-                continue
-            except Exception:
-                logger.exception("Could not check the counters after a reconnection")
-            break
-        if self.connection is connection and not self.ready.done():
-            self.ready.set_result(None)
-
-    async def _tell_gaps(self) -> None:
-        names = [n for n in self.wanted if n in self.last or n in self.floor]
-        await asyncio.gather(*(asyncio.shield(self.confirmed(n)) for n in names))
-        counts = await self._counters(names)
-        if not await self._ping():
-            return  # lost again: the next reconnection reconciles
-        for name, values in zip(names, counts, strict=True):
-            last = self.last.get(name)
-            if last is None or name not in self.wanted:
-                continue
-            floor = self.floor.get(name)
-            missed = 0
-            for index, current in enumerate(values):
-                seen = last[index]
-                if seen is None and floor is not None:
-                    seen = floor[index]  # nothing arrived since it subscribed
-                # A restart of the numbering was seen at the connection (the epoch);
-                # here a counter can only be ahead of what arrived.
-                if seen is not None and current > seen:
-                    last[index] = current
-                    missed += current - seen
-            if missed:
-                self.layer.missed_on(name, missed)
-
-    async def _counters(self, names: list[bytes]) -> list[list[int]]:
-        """The counters ("n", "o") of the groups ``names``, in one round trip."""
-        pipe = self.layer.redis.pipeline(transaction=False)
-        for name in names:
-            pipe.hmget(self.layer.counter_key(name), "n", "o")
-        return [[int(v or 0) for v in values] for values in await pipe.execute()]
-
-    async def _read_floors(self) -> None:
-        """Read the counters of the channels just subscribed afresh (in batches)."""
-        while self.unread:
-            names, self.unread = sorted(self.unread), set()
-            try:
-                counts = await self._counters(names)
-            except REDIS_DOWN:
-                return  # their counters start unknown; a restart (epoch) still resets them
-            for name, values in zip(names, counts, strict=True):
-                if name in self.wanted:
-                    self.floor[name] = values
-
-    # What Redis sends.
-
-    def _handle(self, reply: Any) -> None:
-        kind = reply[0]
-        if kind == b"message":
-            self._message(reply[1], reply[2])
-        elif kind == b"subscribe":
-            name = reply[1]
-            pending = self.confirming.get(name)
-            if pending:
-                futures, fresh = pending.popleft()
-                if not pending:
-                    del self.confirming[name]
-                if fresh or name not in self.last:
-                    self.last[name] = [None, None]
-                    self.floor.pop(name, None)
-                    self.unread.add(name)
-                    if self.reading is None or self.reading.done():
-                        self.reading = self.loop.create_task(self._read_floors())
-                for future in futures:
-                    if not future.done():
-                        future.set_result(None)
-        elif kind == b"pong" and self.pongs:
-            future = self.pongs.popleft()
-            if not future.done():
-                future.set_result(True)
-
-    def _message(self, name: bytes, data: bytes) -> None:
-        if name not in self.wanted:
-            return  # unsubscribed while the message was on its way
-        head, _, payload = data.partition(b":")
-        if head[:1] == b"o":  # a kept message: "o<offset>/<epoch>"
-            number, _, epoch = head[1:].partition(b"/")
-            index = 1
-        else:  # "n<seq>"
-            number, epoch, index = head[1:], b"", 0
-        seq = int(number)
-        counters = self.last.get(name)
-        if counters is None:
-            counters = self.last[name] = [None, None]
-        last = counters[index]
-        if last is None:
-            missed = 0
-        elif seq > last:
-            missed = seq - last - (1 if payload else 0)
-        else:  # the counter restarted: what came before this one was not seen
-            missed = seq - (1 if payload else 0)
-        counters[index] = seq
-        if missed > 0:
-            self.layer.missed_on(name, missed)
-        if payload:
-            self.layer.arrived(name, payload, seq if index else 0, epoch)
 
 
 class RedisFanoutLayer(LocalChannelLayer):
@@ -635,10 +171,10 @@ class RedisFanoutLayer(LocalChannelLayer):
         self.publisher_name = f"skapi-pub-{self.process}"
         self._group_prefix = f"{prefix}:g:".encode()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._subscriber: _Subscriber | None = None
+        self._subscriber: Subscriber | None = None
         self.pool: Any = None
         self.redis: Any = None
-        self._publisher: _Publisher | None = None
+        self._publisher: Publisher | None = None
         # New epochs: this process's random id and a count, unique without the cost
         # of a random token per message.
         self._epochs = itertools.count()
@@ -669,13 +205,13 @@ class RedisFanoutLayer(LocalChannelLayer):
             self._subscriber = None  # it belonged to a loop that is gone
             self.pool = create_pool(self.host)
             self.redis = aioredis.Redis(connection_pool=self.pool)
-            self._publisher = _Publisher(self, loop)
+            self._publisher = Publisher(self, loop)
         return loop
 
-    def _ensure(self) -> _Subscriber:
+    def _ensure(self) -> Subscriber:
         loop = self._client()
         if self._subscriber is None:
-            self._subscriber = _Subscriber(self, loop)
+            self._subscriber = Subscriber(self, loop)
             self._subscriber.subscribe(self.inbox)
             for group in self.groups:
                 self._subscriber.subscribe(self.channel_key(group))

@@ -14,7 +14,8 @@ from django.test import override_settings
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 
-from skapi_channels.redis_fanout import REFRESH_EVERY, RedisFanoutLayer, pack
+from skapi_channels.redis_fanout import REFRESH_EVERY, RedisFanoutLayer
+from skapi_channels.redis_scripts import pack
 from skapi_channels.runtime import runtime
 from tests.scaleout.conftest import RedisServer
 
