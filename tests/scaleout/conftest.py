@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+import redis as redis_sync
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -494,3 +495,32 @@ def assert_all_retired(deployment: Deployment) -> None:
 
 def http_error_body(error: urllib.error.HTTPError) -> str:
     return error.read().decode(errors="replace")
+
+
+class NamedLayer:
+    """Settings for a fan-out layer whose every Redis connection carries one name
+    (and keys one prefix), and the count of the connections open under it."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.name = "skapi-sync-test-" + secrets.token_hex(4)
+        config = {"hosts": [{"address": url, "client_name": self.name}], "prefix": self.name}
+        self.layers = {
+            "default": {"BACKEND": "skapi_channels.redis_fanout.RedisFanoutLayer", "CONFIG": config}
+        }
+        self.redis = redis_sync.Redis.from_url(url)
+
+    def connections(self) -> int:
+        return sum(1 for client in self.redis.client_list() if client["name"] == self.name)
+
+    def all_closed(self) -> bool:
+        # Redis notices a closed socket a moment after the client closed it.
+        for _ in range(100):
+            if self.connections() == 0:
+                return True
+            time.sleep(0.02)
+        return False
+
+    def close(self) -> None:
+        delete_keys(self.url, self.name)
+        self.redis.close()

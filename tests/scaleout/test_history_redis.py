@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -14,7 +13,6 @@ import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.test import override_settings
-from redis import Redis
 from websockets.asyncio.client import connect
 
 from skapi_channels import api
@@ -22,7 +20,7 @@ from skapi_channels.addressing import group_address, user_address
 from skapi_channels.protocol import frame_event
 from skapi_channels.redis_fanout import RedisFanoutLayer
 from tests.held_replay import HOLD
-from tests.scaleout.conftest import Deployment, delete_keys, token
+from tests.scaleout.conftest import Deployment, NamedLayer, token
 from tests.scaleout.test_fanout_layer import pair, receive, redis_url  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.scaleout, pytest.mark.timeout(90)]
@@ -74,24 +72,9 @@ def test_sync_history_reads_keep_their_connections() -> None:
     """api.history / api.private_history from sync code (a WSGI view, a management
     command) on the Redis layer: 20 reads in a row use one connection, 20 reads from 4
     threads at most 4, and they stay open across calls (not a pool per call)."""
-    url = redis_url()
-    name = "skapi-sync-test-" + secrets.token_hex(4)  # the name of every connection of the layer
-    config = {"hosts": [{"address": url, "client_name": name}], "prefix": name}
-    layers = {"default": {"BACKEND": "skapi_channels.redis_fanout.RedisFanoutLayer", "CONFIG": config}}
-    redis = Redis.from_url(url)
+    named = NamedLayer(redis_url())
 
-    def connections() -> int:
-        return sum(1 for client in redis.client_list() if client["name"] == name)
-
-    def all_closed() -> bool:
-        # Redis notices a closed socket a moment after the client closed it.
-        for _ in range(100):
-            if connections() == 0:
-                return True
-            time.sleep(0.02)
-        return False
-
-    with override_settings(CHANNEL_LAYERS=layers):
+    with override_settings(CHANNEL_LAYERS=named.layers):
         layer = get_channel_layer()
         assert isinstance(layer, RedisFanoutLayer)
 
@@ -102,20 +85,21 @@ def test_sync_history_reads_keep_their_connections() -> None:
 
         try:
             async_to_sync(seed)()
-            assert all_closed()
+            assert named.all_closed()
             for _ in range(10):
                 assert [m["#message"] for m in api.history("lobby", last=5).messages] == [1]
                 assert [m["#private"] for m in api.private_history("7", last=5).messages] == [2]
-            assert connections() == 1
+            assert named.connections() == 1
             with ThreadPoolExecutor(4) as threads:
                 answers = list(threads.map(lambda _: api.history("lobby", since=0), range(20)))
             assert {(a.offset, a.recovered, len(a.messages)) for a in answers} == {(1, True, 1)}
-            assert 1 <= connections() <= 4
+            assert 1 <= named.connections() <= 4
         finally:
             async_to_sync(layer.close)()
-            delete_keys(url, name)
-    assert all_closed()
-    redis.close()
+    try:
+        assert named.all_closed()
+    finally:
+        named.close()
 
 
 # Real processes.

@@ -6,9 +6,7 @@ its own thread, stands for a server process with a connected member."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 import threading
-import time
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -17,7 +15,6 @@ import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.test import override_settings
-from redis import Redis
 
 from skapi_channels import api
 from skapi_channels.addressing import group_address, user_address
@@ -25,7 +22,7 @@ from skapi_channels.layer_abilities import SendsSync
 from skapi_channels.protocol import EVENT_CLOSE, loads
 from skapi_channels.redis_fanout import RedisFanoutLayer
 from skapi_channels.runtime import runtime
-from tests.scaleout.conftest import RedisServer, delete_keys
+from tests.scaleout.conftest import NamedLayer, RedisServer
 from tests.scaleout.test_fanout_layer import make, redis_url
 
 pytestmark = [pytest.mark.scaleout, pytest.mark.timeout(60)]
@@ -83,26 +80,11 @@ def test_sync_sends_keep_one_connection_and_reach_another_process_in_order() -> 
     connection, which stays open across calls (not a new event loop and connections
     per call); a member in another process gets them all, in order, with their
     offsets; the sends of each of 4 threads keep their order too."""
-    url = redis_url()
-    name = "skapi-sync-test-" + secrets.token_hex(4)  # the name of every connection of the layer
-    config = {"hosts": [{"address": url, "client_name": name}], "prefix": name}
-    layers = {"default": {"BACKEND": "skapi_channels.redis_fanout.RedisFanoutLayer", "CONFIG": config}}
-    redis = Redis.from_url(url)
+    named = NamedLayer(redis_url())
 
-    def connections() -> int:
-        return sum(1 for client in redis.client_list() if client["name"] == name)
-
-    def all_closed() -> bool:
-        # Redis notices a closed socket a moment after the client closed it.
-        for _ in range(100):
-            if connections() == 0:
-                return True
-            time.sleep(0.02)
-        return False
-
-    other = Process(url, name)
+    other = Process(named.url, named.name)
     runtime.counters.clear()
-    with override_settings(CHANNEL_LAYERS=layers):
+    with override_settings(CHANNEL_LAYERS=named.layers):
         layer = get_channel_layer()
         assert isinstance(layer, RedisFanoutLayer) and isinstance(layer, SendsSync)
         try:
@@ -111,7 +93,7 @@ def test_sync_sends_keep_one_connection_and_reach_another_process_in_order() -> 
                 api.broadcast("lobby", n)
             for n in range(20):
                 api.send_to_user("7", n, sender="9")
-            assert connections() == 1
+            assert named.connections() == 1
             api.send_notice("lobby", "Closing soon.")
             api.disconnect_user("7")
             got = [frame(event) for event in other.receive(member, 42)]
@@ -130,7 +112,7 @@ def test_sync_sends_keep_one_connection_and_reach_another_process_in_order() -> 
 
             with ThreadPoolExecutor(4) as threads:
                 list(threads.map(send_ten, range(4)))
-            assert 1 <= connections() <= 4
+            assert 1 <= named.connections() <= 4
             got = [frame(event) for event in other.receive(member, 40)]
             assert [offset for *_, offset in got] == list(range(21, 61))
             for sender in map(str, range(4)):
@@ -138,14 +120,15 @@ def test_sync_sends_keep_one_connection_and_reach_another_process_in_order() -> 
 
             layer.send_sync(member, {"type": "skapi.test", "n": 1})  # one channel of it
             assert other.receive(member, 1) == [{"type": "skapi.test", "n": 1}]
-            assert 1 <= connections() <= 4
+            assert 1 <= named.connections() <= 4
         finally:
             async_to_sync(layer.close)()
             other.stop()
-            delete_keys(url, name)
             runtime.counters.clear()
-    assert all_closed()
-    redis.close()
+    try:
+        assert named.all_closed()
+    finally:
+        named.close()
 
 
 def test_a_sync_send_given_up_during_an_outage_is_told_once_redis_is_back(
