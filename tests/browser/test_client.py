@@ -48,6 +48,16 @@ def wait_for(user: User, predicate: str, timeout: float = 15_000) -> None:
     user.page.wait_for_function(predicate, timeout=timeout)
 
 
+def connect_and_join(user: User, group: str, **join: Any) -> None:
+    """``t.client`` connects, recording its events, and joins ``group`` (with the
+    other ``joinRealtime`` options given)."""
+    user.evaluate(
+        "async ([g, extra]) => { await t.client.connectRealtime(t.record);"
+        " await t.client.joinRealtime(Object.assign({group: g}, extra)); }",
+        [group, join],
+    )
+
+
 def test_skapi_class_and_errors(login: Callable[[str], User]) -> None:
     alice = login("alice")
     group = unique("Klass")
@@ -202,10 +212,7 @@ def test_final_close_codes_stop_reconnecting(login: Callable[[str], User], code:
     alice = login("alice")
     group = unique("Final")
     alice.evaluate(CLIENT, {"reconnectDelay": 50})
-    alice.evaluate(
-        "async (g) => { await t.client.connectRealtime(t.record); await t.client.joinRealtime({group: g}); }",
-        group,
-    )
+    connect_and_join(alice, group)
     # The server's close, as the socket reports it (a client cannot make the
     # server echo these codes), then the socket really closes.
     alice.evaluate(
@@ -283,15 +290,9 @@ def test_resume_after_giving_up(login: Callable[[str], User]) -> None:
     alice, bob = login("alice"), login("bob")
     group = unique("Resume")
     bob.evaluate(CLIENT)
-    bob.evaluate(
-        "async (g) => { await t.client.connectRealtime(t.record); await t.client.joinRealtime({group: g}); }",
-        group,
-    )
+    connect_and_join(bob, group)
     alice.evaluate(CLIENT, {"reconnectAttempts": 1, "reconnectDelay": 50})
-    alice.evaluate(
-        "async (g) => { await t.client.connectRealtime(t.record); await t.client.joinRealtime({group: g}); }",
-        group,
-    )
+    connect_and_join(alice, group)
     # The server becomes unreachable for this client: it gives up, keeping its group.
     alice.evaluate(
         "() => { t.client._socketUrl = () => Promise.resolve('ws://127.0.0.1:9/'); t.client._socket.close(3000); }"
@@ -362,10 +363,7 @@ def test_admin_disconnect_is_final(
     alice = login("alice")
     group = unique("Admin")
     alice.evaluate(CLIENT, {"reconnectDelay": 50})
-    alice.evaluate(
-        "async (g) => { await t.client.connectRealtime(t.record); await t.client.joinRealtime({group: g}); }",
-        group,
-    )
+    connect_and_join(alice, group)
     rows = alice.evaluate("(g) => t.client.getRealtimeUsers({group: g})", group)["list"]
     assert len(rows) == 1
     cid = rows[0]["cid"][len("cid:") :]
@@ -436,10 +434,7 @@ def test_logging_out_is_final(login: Callable[[str], User]) -> None:
     bob = login("bob")
     group = unique("Revoked")
     bob.evaluate(CLIENT, {"reconnectDelay": 50})
-    bob.evaluate(
-        "async (g) => { await t.client.connectRealtime(t.record); await t.client.joinRealtime({group: g}); }",
-        group,
-    )
+    connect_and_join(bob, group)
     status = bob.evaluate(
         """async () => {
             const csrf = document.cookie.match(/csrftoken=([^;]+)/)[1];

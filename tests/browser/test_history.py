@@ -14,7 +14,7 @@ import pytest
 
 from tests.browser.harness import Server, User, free_port
 from tests.browser.test_chat import join_with_form, unique, user_id
-from tests.browser.test_client import CLIENT, events, wait_for
+from tests.browser.test_client import CLIENT, connect_and_join, events, wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -107,21 +107,13 @@ def test_a_socket_cut_by_the_network_recovers_every_message_once_in_order(
     alice, bob = login("alice"), login("bob")
     group = unique("Cut")
     bob.evaluate(CLIENT)
-    bob.evaluate(
-        "async (g) => { await t.client.connectRealtime(t.record);"
-        " await t.client.joinRealtime({group: g}); }",
-        group,
-    )
+    connect_and_join(bob, group)
     for n in range(3):
         bob.evaluate("([n, g]) => t.client.postRealtime('early-' + n, g)", [n, group])
     # Alice joins with the last two kept messages.
     alice.evaluate(CLIENT, {"reconnectDelay": 300})
     alice.evaluate(through(proxy))
-    alice.evaluate(
-        "async (g) => { await t.client.connectRealtime(t.record);"
-        " await t.client.joinRealtime({group: g, last: 2}); }",
-        group,
-    )
+    connect_and_join(alice, group, last=2)
     loaded = messages(alice)
     assert [(e["message"], e.get("replay")) for e in loaded] == [
         ("early-1", True),
@@ -165,18 +157,10 @@ def test_recovery_impossible_is_told_as_missed_messages(
     alice, bob = login("alice"), login("bob")
     group = unique("Lost")
     bob.evaluate(CLIENT)
-    bob.evaluate(
-        "async (g) => { await t.client.connectRealtime(t.record);"
-        " await t.client.joinRealtime({group: g}); }",
-        group,
-    )
+    connect_and_join(bob, group)
     alice.evaluate(CLIENT, {"reconnectDelay": 300})
     alice.evaluate(through(proxy))
-    alice.evaluate(
-        "async (g) => { await t.client.connectRealtime(t.record);"
-        " await t.client.joinRealtime({group: g}); }",
-        group,
-    )
+    connect_and_join(alice, group)
     # As if the server had lost the stream's history: a stale epoch.
     alice.evaluate("() => { t.client._streams.group.epoch = 'gone'; }")
     proxy.cut()
