@@ -23,7 +23,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,24 +32,14 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.suite import run_suite  # noqa: E402
+
 EMB, RED = "app/embedded/daphne", "app/redis+pg/daphne"
 OFF = "+nohistory"
 FRAME = (
     '{"#message":{"text":"a chat line of about sixty characters, typical of a room"},'
     '"#user_id":"1234","#scid":"Xq3vJ8pQ2mL0aB7cD9eF1g","#srid":"HelloWorld"}'
 )
-
-
-def run_once(args: list[str], out: Path) -> dict[str, Any]:
-    subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), *args, "--out", str(out)],
-        cwd=ROOT,
-        timeout=900,
-        check=False,
-        stdout=subprocess.DEVNULL,
-    )
-    data: dict[str, Any] = json.loads((out / "latest.json").read_text())
-    return data["results"]
 
 
 def throughput(results: dict[str, Any], target: str, scenario: str) -> float | None:
@@ -78,7 +67,7 @@ def rounds(count: int, bases: list[str], work: Path) -> dict[str, dict[str, list
                 for target in order:
                     print(f"round {number + 1}: {scenario} {target}", file=sys.stderr, flush=True)
                     out = work / f"r{number}-{scenario}-{target.replace('/', '_')}"
-                    got = run_once(["--scenario", scenario, *extra, "--target", target], out)
+                    got = run_suite(["--scenario", scenario, *extra, "--target", target], out)["results"]
                     value = throughput(got, target, scenario)
                     print(f"  {value}", file=sys.stderr, flush=True)
                     if value is not None:

@@ -32,6 +32,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.suite import run_suite  # noqa: E402
+
 EMB, RED, TWO = "app/embedded/daphne", "app/redis+pg/daphne", "app/redis+pg/daphne-x2"
 
 RUNS: dict[str, list[str]] = {
@@ -44,19 +47,6 @@ RUNS: dict[str, list[str]] = {
     "fanout500": ["--scenario", "fanout", "--n", "500", "--target", EMB, "--target", RED,
                   "--target", TWO],
 }  # fmt: skip
-
-
-def run_once(name: str, args: list[str], work: Path) -> dict[str, Any]:
-    out = work / name
-    subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), *args, "--out", str(out)],
-        cwd=ROOT,
-        timeout=900,
-        check=False,
-        stdout=subprocess.DEVNULL,
-    )
-    data: dict[str, Any] = json.loads((out / "latest.json").read_text())
-    return data
 
 
 def figures(name: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -260,7 +250,7 @@ def main() -> int:
         for name in args.runs.split(","):
             print(f"round {number + 1}: {name} ...", file=sys.stderr, flush=True)
             try:
-                got[name] = figures(name, run_once(name, RUNS[name], work / f"r{number}"))
+                got[name] = figures(name, run_suite(RUNS[name], work / f"r{number}" / name))
             except (OSError, ValueError, subprocess.SubprocessError) as error:
                 print(f"  failed: {error}", file=sys.stderr)
             print(f"  {json.dumps(got.get(name))}", file=sys.stderr, flush=True)
