@@ -149,18 +149,14 @@ async def test_a_dropped_subscription_connection_is_told_without_a_next_message(
     pair: Any,
 ) -> None:
     a, b = pair()
-    channel = await b.new_channel()
-    await b.group_add("room", channel)
-    b.report_missed_to(channel)
+    channel = await told_member(b)
     await a.group_send("room", {"type": "skapi.frame", "n": 0})
     assert (await receive(b, channel))["n"] == 0
     redis = Redis.from_url(redis_url())
     try:
         # Redis disconnects b's subscriber (what it does to one that falls behind);
         # messages published before b subscribes again never reach it.
-        for client in await redis.client_list(_type="pubsub"):
-            if client["name"] == b.subscriber_name:
-                await redis.client_kill_filter(_id=client["id"])
+        await kill_clients(redis, b.subscriber_name)
         for number in range(1, 4):
             await a.group_send("room", {"type": "skapi.frame", "n": number})
     finally:
@@ -190,10 +186,25 @@ def hold_reconnection(layer: RedisFanoutLayer) -> asyncio.Event:
     return release
 
 
+async def told_member(layer: RedisFanoutLayer, group: str = "room") -> str:
+    """A new channel of ``layer`` in ``group``, told what it misses."""
+    channel = await layer.new_channel()
+    await layer.group_add(group, channel)
+    layer.report_missed_to(channel)
+    return channel
+
+
+async def kill_clients(redis: Redis, name: str) -> int:
+    """Disconnect the Redis clients named ``name``; answers how many there were."""
+    killed = 0
+    for client in await redis.client_list():
+        if client["name"] == name:
+            killed += await redis.client_kill_filter(_id=client["id"])
+    return killed
+
+
 async def kill_subscriber(redis: Redis, layer: RedisFanoutLayer) -> None:
-    for client in await redis.client_list(_type="pubsub"):
-        if client["name"] == layer.subscriber_name:
-            await redis.client_kill_filter(_id=client["id"])
+    await kill_clients(redis, layer.subscriber_name)
     for _ in range(100):
         if layer._subscriber is not None and layer._subscriber.connection is None:
             return
@@ -240,9 +251,7 @@ async def test_a_dropped_connection_is_told_for_a_group_that_had_no_message_yet(
     """A group joined (no message since) whose subscription drops while messages are
     published: the counters read when it subscribed say what was missed."""
     a, b = pair()
-    channel = await b.new_channel()
-    await b.group_add("room", channel)
-    b.report_missed_to(channel)
+    channel = await told_member(b)
     name = b.channel_key("room")
     for _ in range(100):
         if b._subscriber is not None and name in b._subscriber.floor:
@@ -267,20 +276,14 @@ async def test_a_dropped_publishing_connection_is_made_again_and_the_send_retrie
     pair: Any,
 ) -> None:
     a, b = pair()
-    channel = await b.new_channel()
-    await b.group_add("room", channel)
-    b.report_missed_to(channel)
+    channel = await told_member(b)
     await a.group_send("room", {"type": "skapi.frame", "n": 0})
     assert (await receive(b, channel))["n"] == 0
     assert a._publisher is not None
     before = a._publisher.connection
     redis = Redis.from_url(redis_url())
     try:
-        killed = 0
-        for client in await redis.client_list():
-            if client["name"] == a.publisher_name:
-                killed += await redis.client_kill_filter(_id=client["id"])
-        assert killed == 1
+        assert await kill_clients(redis, a.publisher_name) == 1
     finally:
         await redis.aclose()
     for number in (1, 2):
@@ -294,9 +297,7 @@ async def test_a_dropped_publishing_connection_is_made_again_and_the_send_retrie
 
 async def test_a_slow_receiver_is_told_what_its_full_queue_lost(pair: Any) -> None:
     a, b = pair(capacity=2)
-    channel = await b.new_channel()
-    await b.group_add("room", channel)
-    b.report_missed_to(channel)
+    channel = await told_member(b)
     for number in range(5):
         await a.group_send("room", {"type": "skapi.frame", "n": number})
     barrier = b._subscriber.barrier() if b._subscriber else None
@@ -398,9 +399,7 @@ async def test_a_history_left_from_an_expired_counter_is_not_read_under_the_new_
 async def test_a_redis_restart_is_survived_and_its_gap_told(private_redis: RedisServer) -> None:
     a, b = make(private_redis.url, "restart"), make(private_redis.url, "restart")
     runtime.counters.clear()
-    channel = await b.new_channel()
-    await b.group_add("room", channel)
-    b.report_missed_to(channel)
+    channel = await told_member(b)
     await a.group_send("room", {"type": "skapi.frame", "n": 0})
     assert (await receive(b, channel))["n"] == 0
     receiving = asyncio.create_task(b.receive(channel))
@@ -431,9 +430,7 @@ async def test_a_send_given_up_during_an_outage_is_told_once_redis_is_back(
     a = make(private_redis.url, "outage", retry_for=0.3)
     b = make(private_redis.url, "outage", retry_for=0.3)
     runtime.counters.clear()
-    channel = await b.new_channel()
-    await b.group_add("room", channel)
-    b.report_missed_to(channel)
+    channel = await told_member(b)
     await a.group_send("room", {"type": "skapi.frame", "n": 0})
     assert (await receive(b, channel))["n"] == 0
     private_redis.stop()
