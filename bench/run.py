@@ -48,6 +48,7 @@ APP_OVERRIDES = {
     "HANDSHAKES_PER_MINUTE": 1_000_000,
     "GROUPS_CREATED_PER_MINUTE": 1_000_000,
 }
+DAPHNE_BACKLOG = int(os.environ.get("SKAPI_BENCH_DAPHNE_BACKLOG", 2048))
 SCENARIOS = ("fanout", "private", "churn", "listing", "memory", "storm", "paced", "reap")
 APP_TARGETS = ("app/embedded/daphne", "app/redis+pg/daphne", "app/redis+pg/daphne-x2")
 
@@ -81,6 +82,8 @@ TARGETS.update(
         for name in ("app/embedded/daphne", "app/redis+pg/daphne")
     }
 )
+# The scale-out set-up under uvicorn, for the storm (not part of the default run).
+TARGETS["app/redis+pg/uvicorn"] = dict(kind="app", backend="redis+pg", server="uvicorn", procs=1)
 # Which targets run which scenario (listing is the app's alone; memory on one process).
 SCENARIO_TARGETS = {
     "fanout": tuple(TARGETS),
@@ -90,7 +93,7 @@ SCENARIO_TARGETS = {
     "memory": tuple(name for name, t in TARGETS.items() if t["procs"] == 1),
     # Presence under a reconnect storm and under paced churn: the app's alone (the
     # storm also under uvicorn, whose handshakes cost less CPU than daphne's).
-    "storm": (*APP_TARGETS, "app/embedded/uvicorn"),
+    "storm": (*APP_TARGETS, "app/embedded/uvicorn", "app/redis+pg/uvicorn"),
     "paced": ("app/embedded/daphne", "app/redis+pg/daphne"),
     "reap": ("app/redis+pg/daphne-x2",),
 }
@@ -289,7 +292,11 @@ class Servers:
             else "bench.baselines.bare_channels:application"
         )
         if server == "daphne":
-            return [PY, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), app]
+            # Twisted listens with a backlog of 50 unless told: a storm of handshakes
+            # overflows it, and the kernel drops SYNs that clients resend 1 s later.
+            # uvicorn's default is 2048 (docs/deployment.md).
+            endpoint = f"tcp:port={port}:interface=127.0.0.1:backlog={DAPHNE_BACKLOG}"
+            return [PY, "-m", "daphne", "-e", endpoint, app]
         return [
             PY,
             "-m",

@@ -35,7 +35,7 @@ from skapi_channels.history import (
     with_offset,
 )
 from skapi_channels.hooks import ask
-from skapi_channels.layer_abilities import ReportsMissed
+from skapi_channels.layer_abilities import ReportsMissed, has
 from skapi_channels.limits import FloodMeter, TokenBucket, limiter
 from skapi_channels.protocol import (
     CLOSE_BY_SERVER,
@@ -173,7 +173,7 @@ class RealtimeConsumer(AsyncConsumer):
         # docs/protocol.md §6: twice the sustained rate for FLOOD_CLOSE_AFTER seconds closes.
         self.flood = FloodMeter(2 * conf.RATE_PER_SECOND, conf.FLOOD_CLOSE_AFTER)
         self.missed = 0
-        if isinstance(self.channel_layer, ReportsMissed):
+        if has(self.channel_layer, ReportsMissed):
             self.channel_layer.report_missed_to(self.channel_name)
         await self.channel_layer.group_add(user_address(user_id), self.channel_name)
         self.keeping = enabled(self.channel_layer)

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from skapi_channels.conf import conf
+from skapi_channels.layer_abilities import has
 from skapi_channels.protocol import EPOCH, KEEP, OFFSET
 
 __all__ = [
@@ -117,7 +118,7 @@ def retention() -> tuple[int, float]:
 
 def enabled(layer: Any) -> bool:
     """Whether ``layer`` keeps history and the settings turn it on."""
-    return isinstance(layer, HistoryLayer) and layer.keeps_history and retention()[0] > 0
+    return has(layer, HistoryLayer) and layer.keeps_history and retention()[0] > 0
 
 
 def with_offset(text: str, offset: int) -> str:

@@ -1,14 +1,28 @@
 """What skapi_channels' channel layers can do beyond the Channels layer interface.
 
-The consumer and the runtime ask ``isinstance(layer, Ability)``; a stock layer
-(channels' InMemoryChannelLayer, channels-redis's layers) has none of these and
-works without them. Keeping the history of the streams is ``history.HistoryLayer``.
+The consumer and the runtime ask ``isinstance(layer, Ability)``, or ``has(layer,
+Ability)`` on the paths every connection takes; a stock layer (channels'
+InMemoryChannelLayer, channels-redis's layers) has none of these and works without
+them. Keeping the history of the streams is ``history.HistoryLayer``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
+
+_known: dict[tuple[type, type], bool] = {}
+
+
+def has(layer: Any, ability: type) -> bool:
+    """``isinstance(layer, ability)``, answered once per layer class: a check
+    against a runtime-checkable Protocol inspects every member each time, and the
+    abilities whose answer this caches are methods and class attributes."""
+    key = (type(layer), ability)
+    known = _known.get(key)
+    if known is None:
+        known = _known[key] = isinstance(layer, ability)
+    return known
 
 
 @runtime_checkable

@@ -15,6 +15,9 @@ The same wrapper caps what our sockets may receive: a frame over
 ``SERVER_MAX_FRAME_BYTES`` (1 MiB) closes the socket with 1009 before it is read,
 however high daphne's own limit is set for the rest of the project. Frames between
 ``MAX_FRAME_BYTES`` and that cap get ``TOO_LARGE`` and the socket stays open.
+
+Our accept also gives the socket ``direct_write``: its frames go to the kernel at
+once rather than on Twisted's next writable turn.
 """
 
 from __future__ import annotations
@@ -85,6 +88,7 @@ def install_daphne_send_limit() -> None:
             ", ".join(missing),
         )
         return
+    from skapi_channels import direct_write
     from skapi_channels.conf import conf
     from skapi_channels.protocol import CLOSE_TOO_FAR_BEHIND
 
@@ -100,6 +104,7 @@ def install_daphne_send_limit() -> None:
                 # more, before reading it; for our sockets only, whatever daphne's
                 # own limit for the project is.
                 self.maxFramePayloadSize = self.maxMessagePayloadSize = cap
+            direct_write.install(self.transport)
         original_reply(self, message)
 
     def serverSend(self: Any, content: Any, binary: bool = False) -> None:
