@@ -472,7 +472,8 @@ class Run:
     async def storm(self) -> dict[str, Any]:
         """Every client connects and joins its group at once, as after a restart."""
         count, groups = self.spec["clients"], self.spec["groups"]
-        in_flight = asyncio.Semaphore(self.spec.get("in_flight", 200))
+        # Every handshake at once unless the run caps how many are in flight.
+        in_flight = asyncio.Semaphore(self.spec.get("in_flight") or count)
         handshakes: list[float] = []
         joins: list[float] = []
         failures = [0]

@@ -504,7 +504,7 @@ class RedisFanoutLayer(LocalChannelLayer):
     ) -> Slice:
         self._client()
         assert self._publisher is not None
-        keys, args = self._history_call(group)
+        keys, args = self._history_call(group, since, last)
         reply = await self._publisher.script(HISTORY_LUA, keys, args)
         return self._history_slice(reply, since, last)
 
@@ -517,15 +517,24 @@ class RedisFanoutLayer(LocalChannelLayer):
         LIST), not a pool per event loop, which ``async_to_sync`` makes anew each call."""
         self._sync_client()
         script = self._sync_history_script
-        keys, args = self._history_call(group)
+        keys, args = self._history_call(group, since, last)
         return self._history_slice(script(keys=keys, args=args), since, last)
 
-    def _history_call(self, group: str) -> tuple[list[bytes], list[Any]]:
-        """The keys and arguments of HISTORY_LUA reading the stream ``group``."""
+    def _history_call(
+        self, group: str, since: int | None, last: int | None
+    ) -> tuple[list[bytes], list[Any]]:
+        """The keys and arguments of HISTORY_LUA reading the stream ``group``, for
+        what ``since`` or ``last`` asks."""
         name = self.channel_key(group)
         keys = [self.counter_key(name), self.history_key(name)]
         size, _ = retention()
-        return keys, [secrets.token_hex(6), self.group_expiry + REFRESH_EVERY, size]
+        # As slice_of reads them: ``last`` first; with neither, no frames.
+        wanted, after = 0, -1
+        if last is not None:
+            wanted = max(0, min(last, size))
+        elif since is not None:
+            wanted, after = size, max(since, 0)
+        return keys, [secrets.token_hex(6), self.group_expiry + REFRESH_EVERY, wanted, after]
 
     def _history_slice(self, reply: Any, since: int | None, last: int | None) -> Slice:
         """What HISTORY_LUA answered, read as ``since`` / ``last`` ask."""

@@ -54,9 +54,12 @@ return seq
 """
 
 # Where a stream stands, and what it keeps: {epoch, latest offset, history (its last
-# ``size`` entries)}. Reading starts the hash (its epoch) when there is none, so the
-# next message keeps it.
-# KEYS: the counter, the history. ARGV: a new epoch, counter expiry (s), history size.
+# entries, as many as asked)}. Reading starts the hash (its epoch) when there is none,
+# so the next message keeps it.
+# KEYS: the counter, the history. ARGV: a new epoch, counter expiry (s), the most
+# entries to answer (the history size, or the client's ``last``), and the offset
+# after which they are wanted (-1: any). A join with neither ``since`` nor ``last``
+# asks for none, so it costs the same however much a busy group keeps.
 HISTORY_LUA = """
 redis.call('HSETNX', KEYS[1], 'e', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
@@ -64,7 +67,15 @@ local state = redis.call('HMGET', KEYS[1], 'e', 'o')
 if not state[2] then
     return {state[1], '0', {}}  -- nothing kept under this epoch (a list left is older)
 end
-return {state[1], state[2], redis.call('LRANGE', KEYS[2], -tonumber(ARGV[3]), -1)}
+local wanted = tonumber(ARGV[3])
+local after = tonumber(ARGV[4])
+if after >= 0 then
+    wanted = math.min(wanted, tonumber(state[2]) - after)
+end
+if wanted <= 0 then
+    return {state[1], state[2], {}}
+end
+return {state[1], state[2], redis.call('LRANGE', KEYS[2], -wanted, -1)}
 """
 
 # Marks the Redis data set, so that a process notices a restart that lost it.

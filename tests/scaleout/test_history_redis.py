@@ -19,6 +19,7 @@ from skapi_channels import api
 from skapi_channels.addressing import group_address, user_address
 from skapi_channels.protocol import frame_event
 from skapi_channels.redis_fanout import RedisFanoutLayer
+from skapi_channels.redis_scripts import HISTORY_LUA
 from tests.held_replay import HOLD
 from tests.scaleout.conftest import Deployment, NamedLayer, token
 from tests.scaleout.test_fanout_layer import pair, receive, redis_url  # noqa: F401  (fixture)
@@ -66,6 +67,31 @@ async def test_size_ttl_and_a_lost_store(pair: Any) -> None:  # noqa: F811
     await a.flush()  # Redis lost the stream
     after = await b.history_read("room", since=before.latest)
     assert after.epoch != before.epoch and after.latest == 0 and not after.complete
+
+
+async def test_a_read_fetches_only_the_entries_it_answers(pair: Any) -> None:  # noqa: F811
+    # A join asks for no history (last=0): a busy group's kept messages must not
+    # travel and be decoded on every join.
+    a, _ = pair()
+    for n in range(1, 41):
+        await a.group_send("room", frame(n))
+
+    async def entries(since: int | None = None, last: int | None = None) -> int:
+        keys, args = a._history_call("room", since, last)
+        _, latest, items = await a.redis.eval(HISTORY_LUA, len(keys), *keys, *args)
+        assert int(latest) == 40
+        return len(items)
+
+    assert await entries(last=0) == 0
+    assert await entries() == 0
+    assert await entries(last=5) == 5
+    assert await entries(last=500) == 40
+    assert await entries(since=37) == 3
+    assert await entries(since=40) == 0
+    assert await entries(since=41) == 0
+    assert await entries(since=0) == 40
+    kept = await a.history_read("room", since=37)
+    assert ([o for o, _ in kept.frames], kept.complete) == ([38, 39, 40], True)
 
 
 def test_sync_history_reads_keep_their_connections() -> None:
