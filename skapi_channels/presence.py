@@ -28,6 +28,7 @@ from channels.db import database_sync_to_async
 from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
+from skapi_channels import presence_arrays
 from skapi_channels.models import (
     Connection,
     GroupMembership,
@@ -97,6 +98,11 @@ class GroupCreationRefused(Exception):
 ROWS_PER_STATEMENT = {"sqlite": 200, "postgresql": 1000}
 
 
+def _arrays() -> bool:
+    """Whether this database takes the statements of ``presence_arrays``."""
+    return connection.vendor == "postgresql"
+
+
 def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
     size = ROWS_PER_STATEMENT.get(connection.vendor, 200)
     for start in range(0, len(items), size):
@@ -119,6 +125,9 @@ def _lock_rows(
     if connection.vendor != "postgresql" or len(keys) < 2:
         return
     for part in _chunks(keys):
+        if _arrays():
+            presence_arrays.lock_rows(cursor, table, columns, part)
+            continue
         where, params = _where_keys(columns, part)
         cursor.execute(
             f"SELECT 1 FROM {table} WHERE {where} ORDER BY {', '.join(columns)} FOR UPDATE",
@@ -159,6 +168,10 @@ def _change_counts(
 
     def decrease() -> None:
         for part in _chunks(down):
+            if _arrays():
+                rows = presence_arrays.add_to_existing(cursor, table, columns, counter, deltas, part)
+                after.update((tuple(row[:-1]), row[-1]) for row in rows)
+                continue
             where, params = _where_keys(columns, part)
             cases = " ".join([f"WHEN {match_one} THEN %s"] * len(part))
             cursor.execute(
@@ -170,6 +183,12 @@ def _change_counts(
 
     def increase() -> None:
         for part in _chunks(up):
+            if _arrays():
+                got = presence_arrays.add_or_insert(
+                    cursor, table, columns, counter, deltas, part, extra
+                )
+                after.update((tuple(row[:-1]), row[-1]) for row in got)
+                continue
             rows = ", ".join(["(" + ", ".join(["%s"] * width) + ")"] * len(part))
             cursor.execute(
                 f"INSERT INTO {table} ({names}, {counter}{extra_names}) VALUES {rows} "
@@ -183,6 +202,9 @@ def _change_counts(
         step()
     emptied = sorted(key for key, count in after.items() if count == 0)
     for part in _chunks(emptied):
+        if _arrays():
+            presence_arrays.delete_empty(cursor, table, columns, counter, part)
+            continue
         where, params = _where_keys(columns, part)
         cursor.execute(f"DELETE FROM {table} WHERE {counter} = 0 AND ({where})", params)
     return {key: (count - deltas[key], count) for key, count in after.items()}
@@ -518,6 +540,10 @@ def _move_unless_creating(write: MoveConnection) -> str | None:
 def _delete_connections(cursor: Any, cids: Sequence[str]) -> dict[str, Departure]:
     gone: dict[str, Departure] = {}
     for part in _chunks(sorted(cids)):
+        if _arrays():
+            rows = presence_arrays.delete_connections(cursor, _table(Connection), part)
+            gone.update((row[0], Departure(*row)) for row in rows)
+            continue
         cursor.execute(
             f"DELETE FROM {_table(Connection)} WHERE cid IN ({', '.join(['%s'] * len(part))}) "
             f"RETURNING cid, user_id, group_name",
@@ -532,6 +558,12 @@ def _regroup_connections(cursor: Any, moves: Sequence[MoveConnection]) -> dict[s
     user_id of each connection moved."""
     moved: dict[str, str] = {}
     for part in _chunks(sorted(moves, key=lambda write: write.cid)):
+        if _arrays():
+            rows = presence_arrays.regroup(
+                cursor, _table(Connection), [(write.cid, write.old, write.new) for write in part]
+            )
+            moved.update(rows)
+            continue
         cases = " ".join(["WHEN %s THEN %s"] * len(part))
         where = " OR ".join(
             "(cid = %s AND group_name IS NULL)"

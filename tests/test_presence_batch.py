@@ -101,6 +101,34 @@ def test_a_batch_answers_each_write_as_if_applied_one_by_one(server, presence_is
     presence_is_true()
 
 
+def test_names_that_look_like_sql_or_array_syntax_stay_as_they_are(server, presence_is_true):
+    # PostgreSQL's batches pass names as arrays: quoting is the driver's, not ours.
+    groups = ["NULL", "null", "{a,b}", 'x"y\\z', " sp ", "a'b", "é🙂", "(1, 2)"]
+    users = ["NULL", 'u"1', "u{2}", "u,3"]
+    cids = [f"odd{n}" for n in range(len(groups))]
+    apply_writes([opened(cid, users[n % 4]) for n, cid in enumerate(cids)])
+    assert apply_writes(
+        [MoveConnection(cid, users[n % 4], None, groups[n]) for n, cid in enumerate(cids)]
+    ) == [CREATED] * len(groups)
+    assert set(RealtimeGroup.objects.values_list("name", flat=True)) == set(groups)
+    assert apply_writes(
+        [
+            MoveConnection(cid, users[n % 4], groups[n], groups[(n + 1) % len(groups)])
+            for n, cid in enumerate(cids)
+        ]
+    ) == [MOVED] * len(groups)
+    assert set(GroupMembership.objects.values_list("group_name", "user_id")) == {
+        (groups[(n + 1) % len(groups)], users[n % 4]) for n in range(len(groups))
+    }
+    presence_is_true()
+    departures = apply_writes([CloseConnection(cid) for cid in cids])
+    assert [(d.user_id, d.group_name) for d in departures] == [
+        (users[n % 4], groups[(n + 1) % len(groups)]) for n in range(len(groups))
+    ]
+    assert not RealtimeGroup.objects.exists() and not GroupMembership.objects.exists()
+    presence_is_true()
+
+
 def test_only_the_first_move_into_a_new_group_created_it(server, presence_is_true):
     apply_writes([opened(f"c{n}", str(n)) for n in range(6)])
     results = apply_writes([MoveConnection(f"c{n}", str(n), None, f"G{n % 2}") for n in range(6)])
