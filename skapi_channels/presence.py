@@ -28,7 +28,7 @@ from channels.db import database_sync_to_async
 from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
-from skapi_channels import presence_arrays
+from skapi_channels import metrics, presence_arrays
 from skapi_channels.models import (
     Connection,
     GroupMembership,
@@ -61,6 +61,11 @@ class Departure:
     group_name: str | None
 
 
+# PostgreSQL's code for a transaction chosen as a deadlock's victim. The writes here
+# take rows in one order so that it never happens; ``presence_deadlocks`` counts it.
+DEADLOCK_DETECTED = "40P01"
+
+
 def atomic_with_retry(function: Callable[P, R]) -> Callable[P, R]:
     """Run ``function`` in a transaction, again if the database refused it for a
     conflict (a deadlock victim on PostgreSQL, a busy database on SQLite)."""
@@ -74,7 +79,10 @@ def atomic_with_retry(function: Callable[P, R]) -> Callable[P, R]:
             try:
                 with transaction.atomic():
                     return function(*args, **kwargs)
-            except OperationalError:
+            except OperationalError as error:
+                metrics.count("presence_retries")
+                if getattr(error.__cause__, "sqlstate", None) == DEADLOCK_DETECTED:
+                    metrics.count("presence_deadlocks")
                 if attempt == 4:
                     raise
                 time.sleep(0.01 * 2**attempt)
@@ -118,21 +126,26 @@ def _where_keys(columns: tuple[str, ...], keys: Sequence[tuple[Any, ...]]) -> tu
 
 
 def _lock_rows(
-    cursor: Any, table: str, columns: tuple[str, ...], keys: Sequence[tuple[Any, ...]]
-) -> None:
-    """Lock the existing rows of ``keys`` in key order before a multi-row UPDATE,
-    whose own order of locking is the plan's. (SQLite locks the whole database.)"""
+    cursor: Any,
+    table: str,
+    columns: tuple[str, ...],
+    keys: Sequence[tuple[Any, ...]],
+    make: tuple[str, Mapping[str, Any]] | None = None,
+) -> bool:
+    """Lock the rows of ``keys`` in key order before a multi-row UPDATE, whose own
+    order of locking is the plan's. With ``make`` (the counter column and the
+    columns of a new row), rows that do not exist are made at zero in the same
+    pass, so that a later insert does not take a row out of order; answers whether
+    it did (the caller deletes the rows left at zero). SQLite locks the whole
+    database: nothing to do there."""
     if connection.vendor != "postgresql" or len(keys) < 2:
-        return
+        return False
     for part in _chunks(keys):
-        if _arrays():
+        if make is None:
             presence_arrays.lock_rows(cursor, table, columns, part)
-            continue
-        where, params = _where_keys(columns, part)
-        cursor.execute(
-            f"SELECT 1 FROM {table} WHERE {where} ORDER BY {', '.join(columns)} FOR UPDATE",
-            params,
-        )
+        else:
+            presence_arrays.lock_or_make_rows(cursor, table, columns, make[0], part, make[1])
+    return make is not None
 
 
 def _change_counts(
@@ -157,8 +170,11 @@ def _change_counts(
     # every row is locked first, in order, by a statement of its own.
     ups_first = len(down) == 1 and bool(up) and up[-1] < down[0]
     in_order = len(down) == 1 and (ups_first or not up or up[0] > down[0])
+    made = False
     if lock and down and len(keys) > 1 and not in_order:
-        _lock_rows(cursor, table, columns, keys)
+        made = _lock_rows(
+            cursor, table, columns, keys, (counter, extra or {}) if up else None
+        )
     names = ", ".join(columns)
     after: dict[tuple[Any, ...], int] = {}
     match_one = " AND ".join(f"{column} = %s" for column in columns)
@@ -200,14 +216,21 @@ def _change_counts(
 
     for step in (increase, decrease) if ups_first else (decrease, increase):
         step()
-    emptied = sorted(key for key, count in after.items() if count == 0)
-    for part in _chunks(emptied):
+    emptied = keys if made else sorted(key for key, count in after.items() if count == 0)
+    _delete_zeros(cursor, table, columns, counter, emptied)
+    return {key: (count - deltas[key], count) for key, count in after.items()}
+
+
+def _delete_zeros(
+    cursor: Any, table: str, columns: tuple[str, ...], counter: str, keys: Sequence[tuple[Any, ...]]
+) -> None:
+    """Delete the rows of ``keys`` whose counter is zero."""
+    for part in _chunks(keys):
         if _arrays():
             presence_arrays.delete_empty(cursor, table, columns, counter, part)
             continue
         where, params = _where_keys(columns, part)
         cursor.execute(f"DELETE FROM {table} WHERE {counter} = 0 AND ({where})", params)
-    return {key: (count - deltas[key], count) for key, count in after.items()}
 
 
 def _count_members(cursor: Any, members: Mapping[tuple[str, str], int], now: datetime) -> set[str]:
@@ -282,8 +305,12 @@ def _count_users(
     limits: dict[str, int] = {}
     for write in opens:
         limits.setdefault(write.user_id, write.limit)
-    if departed and len(set(departed) | set(wanted)) > 1:
-        _lock_rows(cursor, online, ("user_id",), sorted({(u,) for u in (*departed, *wanted)}))
+    made = False
+    keys = sorted({(u,) for u in (*departed, *wanted)})
+    if departed and len(keys) > 1:
+        made = _lock_rows(
+            cursor, online, ("user_id",), keys, ("connections", {}) if wanted else None
+        )
     _change_counts(
         cursor,
         online,
@@ -297,6 +324,8 @@ def _count_users(
         granted.update(
             _admit(cursor, {u: n for u, n in wanted.items() if limits[u] == limit}, limit)
         )
+    if made:  # rows made for users who got no place
+        _delete_zeros(cursor, online, ("user_id",), "connections", keys)
     admitted = []
     for write in opens:
         left = granted.get(write.user_id, 0)

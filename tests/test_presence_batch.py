@@ -22,7 +22,7 @@ from django.db import IntegrityError, connections
 from django.test import override_settings
 from django.utils import timezone
 
-from skapi_channels import handshake, presence
+from skapi_channels import handshake, metrics, presence
 from skapi_channels.models import (
     Connection,
     GroupMembership,
@@ -292,6 +292,26 @@ def test_concurrent_batches_keep_counts_exact(server, presence_is_true):
         thread.join(120)
     assert errors == []
     assert Connection.objects.exists()
+    presence_is_true()
+
+
+@pytest.mark.skipif(
+    connections["default"].vendor != "postgresql", reason="SQLite locks the whole database"
+)
+def test_concurrent_batches_never_deadlock(server, presence_is_true):
+    # Rows are taken in one order, new rows included: a transaction that inserts a
+    # group (or membership, or user) row must not do so after locking a row that
+    # sorts after it, or two batches wait for each other until PostgreSQL's
+    # deadlock_timeout (1 s) picks a victim.
+    before = metrics.counters["presence_deadlocks"]
+    errors: list[BaseException] = []
+    threads = [threading.Thread(target=churn_in_batches, args=(n, 40, errors)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
+    assert metrics.counters["presence_deadlocks"] == before
     presence_is_true()
 
 
