@@ -26,6 +26,17 @@ def _keys_from(columns: tuple[str, ...], alias: str = "k") -> str:
     return f"unnest({arrays}) AS {alias}({', '.join(columns)})"
 
 
+def _deltas_from(
+    columns: tuple[str, ...], deltas: Mapping[tuple[Any, ...], int], keys: Sequence[tuple[Any, ...]]
+) -> tuple[str, list[Any]]:
+    """The FROM clause (alias ``k``, a ``delta`` column) of ``keys`` and their deltas."""
+    arrays = ", ".join(["%s::text[]"] * len(columns))
+    return (
+        f"unnest({arrays}, %s::int[]) AS k({', '.join(columns)}, delta)",
+        [*_arrays(keys, len(columns)), [deltas[key] for key in keys]],
+    )
+
+
 def _match(columns: tuple[str, ...], table: str = "t", keys: str = "k") -> str:
     return " AND ".join(f"{table}.{column} = {keys}.{column}" for column in columns)
 
@@ -42,6 +53,28 @@ def lock_rows(
     )
 
 
+def _insert(
+    cursor: Any,
+    table: str,
+    columns: tuple[str, ...],
+    counter: str,
+    extra: Mapping[str, Any],
+    source: tuple[str, list[Any]],
+    count: str,
+    on_conflict: str,
+) -> None:
+    """INSERT ... SELECT the keys of ``source`` (its FROM clause and parameters, an
+    alias ``k``) with ``count`` as the counter and the ``extra`` columns."""
+    names = ", ".join(columns)
+    cursor.execute(
+        f"INSERT INTO {table} AS t ({names}, {counter}{''.join(f', {name}' for name in extra)}) "
+        f"SELECT {', '.join(f'k.{column}' for column in columns)}, {count}"
+        f"{''.join(', %s' for _ in extra)} FROM {source[0]} "
+        f"ON CONFLICT ({names}) DO UPDATE {on_conflict}",
+        [*extra.values(), *source[1]],
+    )
+
+
 def lock_or_make_rows(
     cursor: Any,
     table: str,
@@ -54,16 +87,17 @@ def lock_or_make_rows(
     a zero counter (and the ``extra`` columns) in the same pass: a row inserted
     later than a lock on a row after it, in another statement, would break the
     order. The caller deletes the rows it leaves at zero."""
-    names = ", ".join(columns)
-    extra_names = "".join(f", {name}" for name in extra)
-    extra_values = "".join(", %s" for _ in extra)
-    cursor.execute(
-        f"INSERT INTO {table} AS t ({names}, {counter}{extra_names}) "
-        f"SELECT {', '.join(f'k.{column}' for column in columns)}, 0{extra_values} "
-        f"FROM {_keys_from(columns)} "
-        # Locks the row without writing a new version of it.
-        f"ON CONFLICT ({names}) DO UPDATE SET {counter} = t.{counter} WHERE false",
-        [*extra.values(), *_arrays(keys, len(columns))],
+    source = (_keys_from(columns), _arrays(keys, len(columns)))
+    # "WHERE false" locks an existing row without writing a new version of it.
+    _insert(
+        cursor,
+        table,
+        columns,
+        counter,
+        extra,
+        source,
+        "0",
+        f"SET {counter} = t.{counter} WHERE false",
     )
 
 
@@ -77,13 +111,12 @@ def add_to_existing(
 ) -> list[tuple[Any, ...]]:
     """Add each key's delta to its row's counter; answers (*key, counter) per row.
     Rows at zero (made by ``lock_or_make_rows``) are not counted rows: left alone."""
-    names = ", ".join(columns)
+    source, params = _deltas_from(columns, deltas, keys)
     cursor.execute(
-        f"UPDATE {table} AS t SET {counter} = t.{counter} + k.delta "
-        f"FROM unnest({', '.join(['%s::text[]'] * len(columns))}, %s::int[]) "
-        f"AS k({names}, delta) WHERE {_match(columns)} AND t.{counter} > 0 "
+        f"UPDATE {table} AS t SET {counter} = t.{counter} + k.delta FROM {source} "
+        f"WHERE {_match(columns)} AND t.{counter} > 0 "
         f"RETURNING {', '.join(f't.{column}' for column in columns)}, t.{counter}",
-        [*_arrays(keys, len(columns)), [deltas[key] for key in keys]],
+        params,
     )
     return list(cursor.fetchall())
 
@@ -99,17 +132,16 @@ def add_or_insert(
 ) -> list[tuple[Any, ...]]:
     """Add each key's (positive) delta, making the rows that do not exist with the
     ``extra`` columns; answers (*key, counter) per row."""
-    names = ", ".join(columns)
-    extra_names = "".join(f", {name}" for name in extra)
-    extra_values = "".join(", %s" for _ in extra)
-    cursor.execute(
-        f"INSERT INTO {table} AS t ({names}, {counter}{extra_names}) "
-        f"SELECT {', '.join(f'k.{column}' for column in columns)}, k.delta{extra_values} "
-        f"FROM unnest({', '.join(['%s::text[]'] * len(columns))}, %s::int[]) "
-        f"AS k({names}, delta) "
-        f"ON CONFLICT ({names}) DO UPDATE SET {counter} = t.{counter} + excluded.{counter} "
-        f"RETURNING {names}, {counter}",
-        [*extra.values(), *_arrays(keys, len(columns)), [deltas[key] for key in keys]],
+    _insert(
+        cursor,
+        table,
+        columns,
+        counter,
+        extra,
+        _deltas_from(columns, deltas, keys),
+        "k.delta",
+        f"SET {counter} = t.{counter} + excluded.{counter} "
+        f"RETURNING {', '.join(columns)}, {counter}",
     )
     return list(cursor.fetchall())
 

@@ -283,14 +283,21 @@ def test_a_lone_switch_takes_its_rows_in_key_order_without_a_lock_statement(
     assert not any("FOR UPDATE" in sql for sql in db_queries)
 
 
-def test_concurrent_batches_keep_counts_exact(server, presence_is_true):
+def churn_in_threads(threads: int, rounds: int) -> list[BaseException]:
+    """``churn_in_batches`` on ``threads`` threads at once; answers their errors."""
     errors: list[BaseException] = []
-    threads = [threading.Thread(target=churn_in_batches, args=(n, 25, errors)) for n in range(5)]
-    for thread in threads:
+    running = [
+        threading.Thread(target=churn_in_batches, args=(n, rounds, errors)) for n in range(threads)
+    ]
+    for thread in running:
         thread.start()
-    for thread in threads:
+    for thread in running:
         thread.join(120)
-    assert errors == []
+    return errors
+
+
+def test_concurrent_batches_keep_counts_exact(server, presence_is_true):
+    assert churn_in_threads(5, 25) == []
     assert Connection.objects.exists()
     presence_is_true()
 
@@ -304,13 +311,7 @@ def test_concurrent_batches_never_deadlock(server, presence_is_true):
     # sorts after it, or two batches wait for each other until PostgreSQL's
     # deadlock_timeout (1 s) picks a victim.
     before = metrics.counters["presence_deadlocks"]
-    errors: list[BaseException] = []
-    threads = [threading.Thread(target=churn_in_batches, args=(n, 40, errors)) for n in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert errors == []
+    assert churn_in_threads(6, 40) == []
     assert metrics.counters["presence_deadlocks"] == before
     presence_is_true()
 
