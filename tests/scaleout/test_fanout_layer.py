@@ -4,6 +4,7 @@ server processes (each has its own subscription connection and process id)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable
@@ -33,23 +34,43 @@ def make(url: str, prefix: str, **config: Any) -> RedisFanoutLayer:
     return RedisFanoutLayer(hosts=[url], prefix=prefix, **config)
 
 
-@pytest.fixture
-async def pair() -> AsyncIterator[Callable[..., tuple[RedisFanoutLayer, RedisFanoutLayer]]]:
+Pairs = Callable[..., tuple[RedisFanoutLayer, RedisFanoutLayer]]
+
+
+@contextlib.asynccontextmanager
+async def pairs_on(url: Callable[[], str], flush: bool) -> AsyncIterator[Pairs]:
+    """Makes pairs of layers (two processes) on the Redis at ``url()``, with fresh
+    counters; afterwards closes them (and with ``flush``, deletes their keys)."""
     made: list[RedisFanoutLayer] = []
     prefix = "skapi-fanout-test-" + secrets.token_hex(4)
 
     def factory(**config: Any) -> tuple[RedisFanoutLayer, RedisFanoutLayer]:
-        layers = make(redis_url(), prefix, **config), make(redis_url(), prefix, **config)
+        layers = make(url(), prefix, **config), make(url(), prefix, **config)
         made.extend(layers)
         return layers
 
     runtime.counters.clear()
-    yield factory
-    if made:
-        await made[0].flush()
-    for layer in made:
-        await layer.close()
-    runtime.counters.clear()
+    try:
+        yield factory
+    finally:
+        if made and flush:
+            await made[0].flush()
+        for layer in made:
+            await layer.close()
+        runtime.counters.clear()
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[Pairs]:
+    async with pairs_on(redis_url, flush=True) as factory:
+        yield factory
+
+
+@pytest.fixture
+async def private_pair(private_redis: RedisServer) -> AsyncIterator[Pairs]:
+    """Pairs on a Redis of the test's own, which it may stop and start."""
+    async with pairs_on(lambda: private_redis.url, flush=False) as factory:
+        yield factory
 
 
 async def receive(layer: RedisFanoutLayer, channel: str, timeout: float = 5) -> dict[str, Any]:
@@ -213,13 +234,12 @@ async def kill_subscriber(redis: Redis, layer: RedisFanoutLayer) -> None:
 
 
 async def test_a_member_leaving_while_the_subscription_is_down_is_told_its_gap_first(
-    private_redis: RedisServer,
+    private_redis: RedisServer, private_pair: Pairs
 ) -> None:
     """Redis restarts; a message is published before the receiving process has
     subscribed again, and a member leaves the group then: it is told the gap before
     its leave takes effect (its drain marker comes after the tell)."""
-    a, b = make(private_redis.url, "leave"), make(private_redis.url, "leave")
-    runtime.counters.clear()
+    a, b = private_pair()
     leaver, staying = await b.new_channel(), await b.new_channel()
     for channel in (leaver, staying):
         await b.group_add("room", channel)
@@ -240,9 +260,6 @@ async def test_a_member_leaving_while_the_subscription_is_down_is_told_its_gap_f
     assert await receive(b, leaver) == {"type": "skapi.missed", "count": 1}
     assert (await receive(b, leaver))["type"] == "skapi.drained"
     assert await receive(b, staying) == {"type": "skapi.missed", "count": 1}
-    for layer in (a, b):
-        await layer.close()
-    runtime.counters.clear()
 
 
 async def test_a_dropped_connection_is_told_for_a_group_that_had_no_message_yet(
@@ -308,12 +325,14 @@ async def test_a_slow_receiver_is_told_what_its_full_queue_lost(pair: Any) -> No
     assert [e["n"] for e in events[1:]] == [0, 1]
 
 
-async def test_commands_per_broadcast_do_not_grow_with_the_group(private_redis: RedisServer) -> None:
+async def test_commands_per_broadcast_do_not_grow_with_the_group(
+    private_redis: RedisServer, private_pair: Pairs
+) -> None:
     """One broadcast to 1,000 members spread over 2 processes costs at most
     2 x processes + 2 Redis commands (INFO commandstats), whether it is kept for
     history or not. Counted in the steady state: not the first message of its
     stream, nor the first in a minute that refreshes the keys' expiries."""
-    layers = [make(private_redis.url, "count"), make(private_redis.url, "count")]
+    layers = list(private_pair())
     channels = []
     for layer in layers:
         for _ in range(500):
@@ -346,8 +365,6 @@ async def test_commands_per_broadcast_do_not_grow_with_the_group(private_redis: 
     for keep, calls in counted.items():
         assert sum(calls.values()) <= 2 * len(layers) + 2, (keep, calls)
     assert "cmdstat_rpush" in counted[True] and "cmdstat_rpush" not in counted[False]
-    for layer in layers:
-        await layer.close()
 
 
 async def test_expiries_are_set_with_a_key_and_refreshed_about_once_a_minute(pair: Any) -> None:
@@ -396,9 +413,10 @@ async def test_a_history_left_from_an_expired_counter_is_not_read_under_the_new_
     await a.group_send("room", kept)
     assert [o for o, _ in (await b.history_read("room", last=10)).frames] == [1]
 
-async def test_a_redis_restart_is_survived_and_its_gap_told(private_redis: RedisServer) -> None:
-    a, b = make(private_redis.url, "restart"), make(private_redis.url, "restart")
-    runtime.counters.clear()
+async def test_a_redis_restart_is_survived_and_its_gap_told(
+    private_redis: RedisServer, private_pair: Pairs
+) -> None:
+    a, b = private_pair()
     channel = await told_member(b)
     await a.group_send("room", {"type": "skapi.frame", "n": 0})
     assert (await receive(b, channel))["n"] == 0
@@ -419,17 +437,12 @@ async def test_a_redis_restart_is_survived_and_its_gap_told(private_redis: Redis
     # The subscription is back: a new message arrives.
     await a.group_send("room", {"type": "skapi.frame", "n": "after"})
     assert (await receive(b, channel, 10))["n"] == "after"
-    for layer in (a, b):
-        await layer.close()
-    runtime.counters.clear()
 
 
 async def test_a_send_given_up_during_an_outage_is_told_once_redis_is_back(
-    private_redis: RedisServer,
+    private_redis: RedisServer, private_pair: Pairs
 ) -> None:
-    a = make(private_redis.url, "outage", retry_for=0.3)
-    b = make(private_redis.url, "outage", retry_for=0.3)
-    runtime.counters.clear()
+    a, b = private_pair(retry_for=0.3)
     channel = await told_member(b)
     await a.group_send("room", {"type": "skapi.frame", "n": 0})
     assert (await receive(b, channel))["n"] == 0
@@ -438,9 +451,6 @@ async def test_a_send_given_up_during_an_outage_is_told_once_redis_is_back(
     assert runtime.counters["dropped"] == 1
     private_redis.start()
     assert await receive(b, channel, 15) == {"type": "skapi.missed", "count": 1}
-    for layer in (a, b):
-        await layer.close()
-    runtime.counters.clear()
 
 
 def test_the_publisher_packs_commands_as_redis_py_does() -> None:
