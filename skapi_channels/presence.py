@@ -22,13 +22,14 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from types import ModuleType
 from typing import Any, ParamSpec, TypeVar
 
 from channels.db import database_sync_to_async
 from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
-from skapi_channels import metrics, presence_arrays
+from skapi_channels import metrics, presence_arrays, presence_lists
 from skapi_channels.models import (
     Connection,
     GroupMembership,
@@ -106,23 +107,17 @@ class GroupCreationRefused(Exception):
 ROWS_PER_STATEMENT = {"sqlite": 200, "postgresql": 1000}
 
 
-def _arrays() -> bool:
-    """Whether this database takes the statements of ``presence_arrays``."""
-    return connection.vendor == "postgresql"
+def _statements() -> ModuleType:
+    """The multi-row statements this database takes: one array per column on
+    PostgreSQL (``presence_arrays``), rows listed in the statement elsewhere
+    (``presence_lists``). Both take rows in key order."""
+    return presence_arrays if connection.vendor == "postgresql" else presence_lists
 
 
 def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
     size = ROWS_PER_STATEMENT.get(connection.vendor, 200)
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def _where_keys(columns: tuple[str, ...], keys: Sequence[tuple[Any, ...]]) -> tuple[str, list[Any]]:
-    """A condition matching the rows of ``keys``, and its parameters."""
-    if len(columns) == 1:
-        return f"{columns[0]} IN ({', '.join(['%s'] * len(keys))})", [key[0] for key in keys]
-    one = "(" + " AND ".join(f"{column} = %s" for column in columns) + ")"
-    return " OR ".join([one] * len(keys)), [value for key in keys for value in key]
 
 
 def _lock_rows(
@@ -175,44 +170,20 @@ def _change_counts(
         made = _lock_rows(
             cursor, table, columns, keys, (counter, extra or {}) if up else None
         )
-    names = ", ".join(columns)
     after: dict[tuple[Any, ...], int] = {}
-    match_one = " AND ".join(f"{column} = %s" for column in columns)
-    extra = extra or {}
-    width = len(columns) + 1 + len(extra)
-    extra_names = "".join(f", {name}" for name in extra)
+    statements = _statements()
 
     def decrease() -> None:
         for part in _chunks(down):
-            if _arrays():
-                rows = presence_arrays.add_to_existing(cursor, table, columns, counter, deltas, part)
-                after.update((tuple(row[:-1]), row[-1]) for row in rows)
-                continue
-            where, params = _where_keys(columns, part)
-            cases = " ".join([f"WHEN {match_one} THEN %s"] * len(part))
-            cursor.execute(
-                f"UPDATE {table} SET {counter} = {counter} + CASE {cases} END "
-                f"WHERE {where} RETURNING {names}, {counter}",
-                [value for key in part for value in (*key, deltas[key])] + params,
-            )
-            after.update((tuple(row[:-1]), row[-1]) for row in cursor.fetchall())
+            rows = statements.add_to_existing(cursor, table, columns, counter, deltas, part)
+            after.update((tuple(row[:-1]), row[-1]) for row in rows)
 
     def increase() -> None:
         for part in _chunks(up):
-            if _arrays():
-                got = presence_arrays.add_or_insert(
-                    cursor, table, columns, counter, deltas, part, extra
-                )
-                after.update((tuple(row[:-1]), row[-1]) for row in got)
-                continue
-            rows = ", ".join(["(" + ", ".join(["%s"] * width) + ")"] * len(part))
-            cursor.execute(
-                f"INSERT INTO {table} ({names}, {counter}{extra_names}) VALUES {rows} "
-                f"ON CONFLICT ({names}) DO UPDATE SET {counter} = {table}.{counter} + excluded.{counter} "
-                f"RETURNING {names}, {counter}",
-                [value for key in part for value in (*key, deltas[key], *extra.values())],
+            rows = statements.add_or_insert(
+                cursor, table, columns, counter, deltas, part, extra or {}
             )
-            after.update((tuple(row[:-1]), row[-1]) for row in cursor.fetchall())
+            after.update((tuple(row[:-1]), row[-1]) for row in rows)
 
     for step in (increase, decrease) if ups_first else (decrease, increase):
         step()
@@ -226,11 +197,7 @@ def _delete_zeros(
 ) -> None:
     """Delete the rows of ``keys`` whose counter is zero."""
     for part in _chunks(keys):
-        if _arrays():
-            presence_arrays.delete_empty(cursor, table, columns, counter, part)
-            continue
-        where, params = _where_keys(columns, part)
-        cursor.execute(f"DELETE FROM {table} WHERE {counter} = 0 AND ({where})", params)
+        _statements().delete_empty(cursor, table, columns, counter, part)
 
 
 def _count_members(cursor: Any, members: Mapping[tuple[str, str], int], now: datetime) -> set[str]:
@@ -569,16 +536,8 @@ def _move_unless_creating(write: MoveConnection) -> str | None:
 def _delete_connections(cursor: Any, cids: Sequence[str]) -> dict[str, Departure]:
     gone: dict[str, Departure] = {}
     for part in _chunks(sorted(cids)):
-        if _arrays():
-            rows = presence_arrays.delete_connections(cursor, _table(Connection), part)
-            gone.update((row[0], Departure(*row)) for row in rows)
-            continue
-        cursor.execute(
-            f"DELETE FROM {_table(Connection)} WHERE cid IN ({', '.join(['%s'] * len(part))}) "
-            f"RETURNING cid, user_id, group_name",
-            list(part),
-        )
-        gone.update((row[0], Departure(*row)) for row in cursor.fetchall())
+        rows = _statements().delete_connections(cursor, _table(Connection), part)
+        gone.update((row[0], Departure(*row)) for row in rows)
     return gone
 
 
@@ -587,28 +546,10 @@ def _regroup_connections(cursor: Any, moves: Sequence[MoveConnection]) -> dict[s
     user_id of each connection moved."""
     moved: dict[str, str] = {}
     for part in _chunks(sorted(moves, key=lambda write: write.cid)):
-        if _arrays():
-            rows = presence_arrays.regroup(
-                cursor, _table(Connection), [(write.cid, write.old, write.new) for write in part]
-            )
-            moved.update(rows)
-            continue
-        cases = " ".join(["WHEN %s THEN %s"] * len(part))
-        where = " OR ".join(
-            "(cid = %s AND group_name IS NULL)"
-            if write.old is None
-            else "(cid = %s AND group_name = %s)"
-            for write in part
+        rows = _statements().regroup(
+            cursor, _table(Connection), [(write.cid, write.old, write.new) for write in part]
         )
-        params = [value for write in part for value in (write.cid, write.new)]
-        for write in part:
-            params.extend((write.cid,) if write.old is None else (write.cid, write.old))
-        cursor.execute(
-            f"UPDATE {_table(Connection)} SET group_name = CASE cid {cases} END "
-            f"WHERE {where} RETURNING cid, user_id",
-            params,
-        )
-        moved.update(cursor.fetchall())
+        moved.update(rows)
     return moved
 
 

@@ -288,7 +288,6 @@ async def test_a_dropped_connection_is_told_for_a_group_that_had_no_message_yet(
     assert (await receive(b, channel))["n"] == 3
 
 
-
 async def test_a_dropped_publishing_connection_is_made_again_and_the_send_retried(
     pair: Any,
 ) -> None:
@@ -391,7 +390,6 @@ async def test_expiries_are_set_with_a_key_and_refreshed_about_once_a_minute(pai
             assert await redis.ttl(counter) > 1000 and await redis.ttl(history) > 100
     finally:
         await redis.aclose()
-
 
 
 async def test_a_history_left_from_an_expired_counter_is_not_read_under_the_new_epoch(
